@@ -1,0 +1,243 @@
+"""``run-flow``: one CLI for every pipeline and verb.
+
+    run-flow segment --input scans/ --output out/          # run a batch
+    run-flow train segment --data cases/ --output runs/x   # fine-tune / train
+    run-flow evaluate segment --input cases/ --reference refs/ --output ev/
+    run-flow serve segment --cron "0 2 * * *" --input scans/ --output out/
+    run-flow models                                        # registered architectures
+
+Exit codes: 0 all items done; 1 some items failed (the rest done); 2 nothing could run.
+Quiet and private by default: Prefect analytics and telemetry off unless the user set
+those variables; no network calls.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports prefect: private, quiet defaults the user can still override.
+for _var, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}.items():
+    os.environ.setdefault(_var, _value)
+
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Imaging pipelines as Prefect flows.")
+err = Console(stderr=True)
+
+Roi = Optional[tuple[int, int, int]]
+Spacing = Optional[tuple[float, float, float]]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size, spacing,
+                     axcodes, labels, device, anonymize) -> dict:
+    return {
+        "weights": str(weights) if weights else None,
+        "arch": arch,
+        "trust_checkpoint": trust_checkpoint,
+        "model_overrides": {"patch_merging": patch_merging} if patch_merging else {},
+        "roi": list(roi) if roi else None,
+        "overlap": overlap,
+        "sw_batch_size": sw_batch_size,
+        "spacing": list(spacing) if spacing else None,
+        "axcodes": axcodes,
+        "labels": labels,
+        "device": device,
+        "anonymize": anonymize,
+    }
+
+
+def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, *, resume: bool,
+               runner: str, workers: int, quiet: bool) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from imagingflows.flows.run import execute, plan_run
+    from imagingflows.flows.runners import UsageError
+
+    try:
+        plan = plan_run(pipeline, input_dir, output_dir, options)
+    except UsageError as e:
+        _fail(str(e))
+    total = len(plan.items) + len(plan.errors)
+    if quiet:
+        result = execute(plan, resume=resume, runner=runner, workers=workers)
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=False) as bar:
+            job = bar.add_task(f"{pipeline}", total=total, completed=len(plan.errors))
+
+            def tick(item_id: str, status: str) -> None:
+                bar.update(job, advance=1, description=f"{pipeline}: {item_id} {status}")
+
+            result = execute(plan, resume=resume, runner=runner, workers=workers, progress=tick)
+    counts = result["counts"]
+    if not quiet or counts.get("failed"):
+        err.print(f"{pipeline}: {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped, "
+                  f"{counts.get('failed', 0)} failed -> {output_dir}/report.html", highlight=False)
+        for item_id, status in result["outcomes"].items():
+            if status == "failed":
+                err.print(f"  [red]failed[/] {item_id}", highlight=False)
+    return 1 if counts.get("failed") else 0
+
+
+@app.command()
+def segment(
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of cases (one folder or file group per case)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (one subfolder per case)."),
+    weights: Optional[Path] = typer.Option(None, help="Checkpoint (BraTS21 model.pt, ours). Default: demo weights."),
+    arch: Optional[str] = typer.Option(None, help="Architecture name if it cannot be detected."),
+    trust_checkpoint: bool = typer.Option(False, help="Allow a full (unsafe) unpickle of a trusted legacy file."),
+    patch_merging: Optional[str] = typer.Option(
+        None, help="Swin UNETR merging: 'legacy' (MONAI<1.5, all published weights) or 'current' (MONAI>=1.5)."),
+    roi: Roi = typer.Option(None, help="Sliding-window size (multiples of 32). Default: the model's."),
+    overlap: float = typer.Option(0.5, help="Window overlap in [0, 1)."),
+    sw_batch_size: int = typer.Option(1, help="Windows per forward pass."),
+    spacing: Spacing = typer.Option(None, help="Resample to this spacing (mm) for the model. Default: the model's."),
+    axcodes: Optional[str] = typer.Option(None, help="Model frame orientation, e.g. RAS. Default: the model's."),
+    labels: str = typer.Option("2021", help="Output label convention: 2021 (1,2,4) or 2023 (1,2,3)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, help="Skip cases whose outputs and hashes are up to date."),
+    runner: str = typer.Option("thread", help="thread, process or dask[=tcp://host:8786]."),
+    workers: int = typer.Option(1, min=1, help="Parallel items; torch threads are split between them."),
+    anonymize: bool = typer.Option(False, help="Replace case ids by pseudonyms in outputs, logs and reports."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
+) -> None:
+    """Segment brain tumours (TC/WT/ET) in every case of a folder."""
+    options = _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size,
+                               spacing, axcodes, labels, device, anonymize)
+    raise typer.Exit(_run_batch("segment", input, output, options, resume=resume, runner=runner,
+                                workers=workers, quiet=quiet))
+
+
+@app.command()
+def train(
+    pipeline: str = typer.Argument(..., help="Pipeline to train (segment)."),
+    data: Path = typer.Option(..., "--data", help="Training cases with references (<case>_seg.nii.gz)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder: checkpoints, curves, run.json."),
+    weights: Optional[Path] = typer.Option(None, help="Start from these weights (fine-tune)."),
+    epochs: int = typer.Option(10, min=1),
+    steps_per_epoch: int = typer.Option(0, help="Optimiser steps per epoch (0: one per training case)."),
+    feature_size: int = typer.Option(12, help="Swin UNETR width when training from scratch (multiple of 12)."),
+    roi: Roi = typer.Option(None, help="Training crop size (multiples of 32)."),
+    spacing: Spacing = typer.Option(None, help="Model spacing in mm (default 2 2 2 from scratch)."),
+    labels: str = typer.Option("auto", help="Reference label convention: 2021, 2023 or auto (from values)."),
+    val_fraction: float = typer.Option(0.2, help="Share of cases held out for validation."),
+    seed: int = typer.Option(0),
+    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(2),
+    trust_checkpoint: bool = typer.Option(False),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train or fine-tune a pipeline's model on your own cases (resumes from the run folder)."""
+    from imagingflows.flows.runners import UsageError
+    from imagingflows.flows.train import train_pipeline
+
+    config = {
+        "weights": str(weights) if weights else None, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+        "feature_size": feature_size, "roi": list(roi) if roi else None,
+        "spacing": list(spacing) if spacing else None, "labels": labels, "val_fraction": val_fraction,
+        "seed": seed, "lr": lr, "batch_size": batch_size, "trust_checkpoint": trust_checkpoint,
+        "device": device, "quiet": quiet,
+    }
+    try:
+        summary = train_pipeline(pipeline, data, output, config)
+    except UsageError as e:
+        _fail(str(e))
+    if not quiet:
+        err.print(f"train {pipeline}: {summary.get('epochs_done')} epochs, best validation Dice "
+                  f"{summary.get('best_dice')} -> {summary.get('best_checkpoint')}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    pipeline: str = typer.Argument(..., help="Pipeline to evaluate (segment)."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Inputs to run the pipeline on."),
+    reference: Optional[Path] = typer.Option(None, help="References (default: the seg files inside --input)."),
+    predictions: Optional[Path] = typer.Option(None, help="Score these existing outputs instead of running."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for outputs, metrics.json and the report."),
+    weights: Optional[Path] = typer.Option(None),
+    trust_checkpoint: bool = typer.Option(False),
+    patch_merging: Optional[str] = typer.Option(None),
+    roi: Roi = typer.Option(None),
+    overlap: float = typer.Option(0.5),
+    device: str = typer.Option("auto"),
+    resume: bool = typer.Option(False),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score a pipeline against references (Dice and HD95 per region for segment)."""
+    from imagingflows.flows.evaluate import evaluate_pipeline
+    from imagingflows.flows.runners import UsageError
+
+    if predictions is None and input is None:
+        _fail("give --input (run the pipeline, then score) or --predictions (score existing outputs)")
+    options = _segment_options(weights, None, trust_checkpoint, patch_merging, roi, overlap, 1, None, None,
+                               "2021", device, False)
+    try:
+        if predictions is None:
+            code = _run_batch(pipeline, input, output, options, resume=resume, runner="thread", workers=1,
+                              quiet=quiet)
+            if code == 2:
+                raise typer.Exit(2)
+        result = evaluate_pipeline(pipeline, predictions or output, reference or input, output, options)
+    except UsageError as e:
+        _fail(str(e))
+    mean = result["metrics"].get("mean", {})
+    if not quiet:
+        err.print("mean: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), highlight=False)
+    raise typer.Exit(1 if result["failed"] else 0)
+
+
+@app.command()
+def serve(
+    pipeline: str = typer.Argument(...),
+    input: Path = typer.Option(..., "--input", "-i"),
+    output: Path = typer.Option(..., "--output", "-o"),
+    cron: str = typer.Option(..., help="Schedule, e.g. '0 2 * * *'. Needs `prefect server start` + PREFECT_API_URL."),
+    name: str = typer.Option("nightly"),
+    weights: Optional[Path] = typer.Option(None),
+) -> None:
+    """Serve a pipeline on a schedule (each run resumes: finished cases are skipped)."""
+    from imagingflows.flows.serve import serve_pipeline
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
+              "(the embedded ephemeral mode has no scheduler)")
+    serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name,
+                   options={"weights": str(weights) if weights else None})
+
+
+@app.command()
+def models() -> None:
+    """List registered architectures."""
+    from imagingflows.models.registry import REGISTRY
+
+    for name in REGISTRY.names():
+        err.print(f"{name}: {REGISTRY.get(name).description}", highlight=False)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="monai")
+    app(prog_name="run-flow")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The ``evaluate`` flow: score predictions against references, per item and mean.
+
+``run-flow evaluate PIPE --input X --reference R`` first runs the pipeline into the
+output folder (the run flow), then calls this on its outputs; with ``--predictions``
+it scores outputs that already exist. Writes ``metrics.json`` and adds the metric
+table to ``run.json`` / ``report.html``.
+"""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from imagingflows.flows.runners import UsageError
+from imagingflows.pipelines.base import get_pipeline
+from imagingflows.tasks.ingest import InputError
+from imagingflows.tasks.manifest import RunManifest, now
+from imagingflows.tasks.report import write_report
+from imagingflows.tasks.write import write_json
+
+
+@task(cache_policy=NO_CACHE, task_run_name="score-{item_id}")
+def score_item(pipeline: str, item_id: str, prediction: str, reference: str) -> dict:
+    return get_pipeline(pipeline).evaluate(prediction, reference, None)
+
+
+def _case_ids(pred_dir: Path, ref_dir: Path) -> list[str]:
+    ids = {p.name for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return sorted(ids)
+
+
+@flow(name="imagingflows-evaluate")
+def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: str) -> dict:
+    pipe = get_pipeline(pipeline)
+    pred_dir, ref_dir, out = Path(predictions), Path(references), Path(output_dir)
+    per_item: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    futures = {}
+    for cid in _case_ids(pred_dir, ref_dir):
+        pred, ref = pipe.find_prediction(pred_dir, cid), pipe.find_reference(ref_dir, cid)
+        if pred is None or ref is None:
+            failed[cid] = f"case {cid}: {'prediction' if pred is None else 'reference'} not found"
+            continue
+        futures[cid] = score_item.submit(pipeline, cid, str(pred), str(ref))
+    for cid, fut in futures.items():
+        fut.wait()
+        if fut.state.is_completed():
+            per_item[cid] = fut.result()
+        else:
+            try:
+                fut.result()
+            except Exception as e:  # noqa: BLE001 - reported per item
+                failed[cid] = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+    keys = sorted({k for m in per_item.values() for k in m})
+    mean = {k: round(float(np.mean([m[k] for m in per_item.values()])), 5) for k in keys} if per_item else {}
+    metrics = {"pipeline": pipeline, "conventions": pipe.metric_conventions, "per_item": per_item,
+               "mean": mean, "failed": failed, "n": len(per_item), "computed": now()}
+    write_json(out / "metrics.json", metrics)
+
+    manifest = RunManifest.open(out, pipeline=pipeline, command="run", resume=True)
+    if not manifest.data["items"]:
+        manifest.data["command"] = "evaluate"
+    for cid, m in per_item.items():
+        entry = manifest.entry(cid) or {"status": "done"}
+        manifest.record(cid, {**entry, "metrics": m})
+    for cid, msg in failed.items():
+        manifest.record(cid, {**(manifest.entry(cid) or {}), "status": "failed", "error": msg})
+    manifest.set(metrics={"mean": mean, "labels": pipe.metric_conventions}, finished=now())
+    write_report(out, manifest.data)
+    return {"metrics": metrics, "failed": failed}
+
+
+def evaluate_pipeline(pipeline: str, predictions: str | Path, references: str | Path, output_dir: str | Path,
+                      options: dict | None = None) -> dict:
+    predictions, references = Path(predictions), Path(references)
+    for label, folder in (("predictions", predictions), ("references", references)):
+        if not folder.is_dir():
+            raise UsageError(f"{label} folder {folder} does not exist")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    result = evaluate_flow(pipeline, str(predictions), str(references), str(output_dir))
+    if not result["metrics"]["per_item"] and result["failed"]:
+        raise UsageError("no case could be scored:\n" + "\n".join(f"  {k}: {v}" for k, v in result["failed"].items()))
+    return result
+
+
+

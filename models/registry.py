@@ -1,0 +1,113 @@
+"""Model registry: one explicit list of architectures, looked up by name.
+
+Each architecture file (``swin_unetr.py``, later ``nafnet.py`` ...) defines one
+:class:`ModelSpec`; :data:`REGISTRY` lists them. Nothing is discovered by
+scanning folders, and heavy imports stay inside each spec's ``build``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the backend needs to know about one architecture.
+
+    Attributes:
+        name: registry name (``"swin_unetr"``).
+        build: ``build(**config) -> nn.Module``.
+        default_config: constructor arguments used when neither the checkpoint nor the user says.
+        detect_keys: state-dict keys that only this architecture has (used for detection).
+        hparams_from_state_dict: ``sd -> config`` for everything keys and shapes can tell.
+        foreign_defaults: config for a checkpoint we did not write (the variant its
+            official release used), e.g. ``{"patch_merging": "legacy"}``.
+        variant_keys: config keys that select a behaviour the weights alone cannot reveal;
+            recorded in checkpoints we write and in ``run.json``.
+        spatial_dims: 2 or 3.
+        size_multiple: every spatial input size must be a multiple of this.
+        min_size: smallest spatial size the network accepts.
+        description: one line for ``run-flow models``.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    default_config: Mapping[str, Any]
+    detect_keys: tuple[str, ...]
+    hparams_from_state_dict: Callable[[Mapping[str, Any]], dict]
+    foreign_defaults: Mapping[str, Any] = field(default_factory=dict)
+    variant_keys: tuple[str, ...] = ()
+    spatial_dims: int = 2
+    size_multiple: int = 1
+    min_size: int = 1
+    description: str = ""
+
+    def detect(self, state_dict: Mapping[str, Any]) -> bool:
+        return all(k in state_dict for k in self.detect_keys)
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return str(self.args[0])
+
+
+class Registry:
+    """Name -> :class:`ModelSpec`, with "did you mean" errors and strict detection."""
+
+    def __init__(self, specs: list[ModelSpec] | None = None) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        for spec in specs or []:
+            self.add(spec)
+
+    def add(self, spec: ModelSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"model {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def get(self, name: str) -> ModelSpec:
+        if name in self._specs:
+            return self._specs[name]
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {', '.join(self.names())}")
+
+    def detect(self, state_dict: Mapping[str, Any]) -> ModelSpec:
+        """The one spec whose ``detect_keys`` are all present; errors on zero or several."""
+        hits = [s for s in self._specs.values() if s.detect(state_dict)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UnknownModelError(
+                "checkpoint matches several architectures: "
+                + ", ".join(s.name for s in hits) + "; pass arch= (--arch) to choose"
+            )
+        lines = []
+        for spec in self._specs.values():
+            missing = [k for k in spec.detect_keys if k not in state_dict]
+            lines.append(f"  {spec.name}: missing {', '.join(missing[:4])}")
+        sample = ", ".join(list(state_dict)[:5])
+        raise UnknownModelError(
+            "checkpoint matches no known architecture (keys start: " + sample + ")\n" + "\n".join(lines)
+        )
+
+
+def _default_specs() -> list[ModelSpec]:
+    from imagingflows.models import swin_unetr
+
+    return [swin_unetr.SPEC]
+
+
+REGISTRY = Registry(_default_specs())
+
+
+def get_spec(name: str) -> ModelSpec:
+    return REGISTRY.get(name)
+
+
+def list_models() -> list[str]:
+    return REGISTRY.names()

@@ -1,0 +1,82 @@
+"""The record every domain pipeline fills in, and the registry of pipelines.
+
+A pipeline file is the only place that knows a domain; flows call these hooks
+with paths and small JSON configs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from imagingflows.tasks.ingest import Item
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Hooks of one domain pipeline.
+
+    Attributes:
+        discover: ``(input_dir, config) -> (items, [(item_id, error message)])``.
+        prepare: ``config -> resolved config``; loads/validates the model once (raises
+            ``CheckpointError`` / ``ValueError`` when nothing can run) and adds
+            ``model`` (description) and ``weights_sha256``.
+        process: ``(item, out_dir, resolved config) -> manifest entry`` with
+            ``outputs`` (paths relative to ``out_dir``) and ``summary``.
+        expected_outputs: ``(item_id, out_dir) -> [paths]`` that must exist for resume.
+        output_config_keys: config keys that change outputs (their hash keys resume).
+        evaluate: ``(prediction path, reference path, config) -> metrics dict``.
+        find_prediction / find_reference: locate a case's files in a folder.
+        metric_conventions: text stating how metrics are computed.
+        train: ``(data_dir, run_dir, config) -> training summary``.
+    """
+
+    name: str
+    description: str
+    discover: Callable
+    prepare: Callable
+    process: Callable
+    expected_outputs: Callable
+    output_config_keys: tuple[str, ...]
+    evaluate: Callable
+    find_prediction: Callable
+    find_reference: Callable
+    metric_conventions: str
+    train: Callable
+
+
+_PIPELINES: dict[str, Callable[[], Pipeline]] = {}
+
+
+def register(name: str, factory: Callable[[], Pipeline]) -> None:
+    _PIPELINES[name] = factory
+
+
+def pipeline_names() -> list[str]:
+    _ensure_registered()
+    return sorted(_PIPELINES)
+
+
+def get_pipeline(name: str) -> Pipeline:
+    _ensure_registered()
+    if name not in _PIPELINES:
+        close = difflib.get_close_matches(name, list(_PIPELINES), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown pipeline {name!r}.{hint} Available: {', '.join(sorted(_PIPELINES))}")
+    return _PIPELINES[name]()
+
+
+def _ensure_registered() -> None:
+    # The one list of pipelines (explicit, no folder scan).
+    if not _PIPELINES:
+        from imagingflows.pipelines import medical
+
+        register("segment", medical.pipeline)
+
+
+def item_list(items: list[Item]) -> list[dict]:
+    return [i.to_dict() for i in items]
+
+
+

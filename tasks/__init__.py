@@ -1,0 +1,1 @@
+"""Reusable, domain-free building blocks of every pipeline: ingest, write, manifest, report."""

@@ -1,0 +1,134 @@
+"""Find and validate inputs; read volumes with one clear error per bad item.
+
+Errors are :class:`InputError`: the message names the item/file and says what
+was expected and what was found. Reading never modifies an input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class InputError(ValueError):
+    """A bad input item; the batch goes on without it."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: an id and its input files (role -> path), JSON-friendly."""
+
+    id: str
+    paths: dict[str, str]
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "paths": dict(self.paths), "meta": dict(self.meta)}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Item":
+        return Item(d["id"], dict(d["paths"]), dict(d.get("meta", {})))
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image with its geometry: ``array`` (X, Y, Z) in file voxel order, ``affine`` 4x4 RAS mm."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    header: object | None
+    source: str
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def hash_inputs(paths: list[str | os.PathLike]) -> str:
+    """sha256 over the contents of files (and of every file inside folders), order-independent of listing."""
+    h = hashlib.sha256()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    for f in sorted(files):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def strip_nifti_suffix(name: str) -> str | None:
+    for s in NIFTI_SUFFIXES:
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def read_volume(path: str | os.PathLike, role: str = "image") -> Volume:
+    """Read a NIfTI file or a DICOM series folder as a finite, non-empty 3D volume.
+
+    Raises :class:`InputError` for: unreadable/truncated/non-image files, images that
+    are not 3D (a trailing singleton 4th dimension is dropped), NaN/inf voxels, and
+    volumes that are all zero.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from imagingflows.tasks.dicom import DicomSeriesError, read_dicom_series
+
+        try:
+            array, affine, _ = read_dicom_series(path)
+        except DicomSeriesError as e:
+            raise InputError(str(e)) from e
+        vol = Volume(np.asarray(array, dtype=np.float32), affine, None, str(path))
+    else:
+        vol = _read_nifti(path, role)
+    _check_content(vol, role)
+    return vol
+
+
+def _read_nifti(path: Path, role: str) -> Volume:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    where = f"{path} ({role})"
+    if not path.is_file():
+        raise InputError(f"{where}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{where}: empty file (0 bytes)")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except (ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        kind = "truncated or corrupt" if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) else "not a NIfTI image"
+        raise InputError(f"{where}: {kind}: {e}") from e
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{where}: expected a 3D volume, found {data.ndim}D shape {tuple(data.shape)}")
+    if min(data.shape) < 2:
+        raise InputError(f"{where}: expected a 3D volume, found a single slice of shape {tuple(data.shape)}")
+    return Volume(np.asarray(data, dtype=np.float32), np.asarray(img.affine, dtype=np.float64), img.header, str(path))
+
+
+def _check_content(vol: Volume, role: str) -> None:
+    where = f"{vol.source} ({role})"
+    finite = np.isfinite(vol.array)
+    if not finite.all():
+        raise InputError(f"{where}: {int((~finite).sum())} voxels are NaN or infinite; expected finite intensities")
+    if not vol.array.any():
+        raise InputError(f"{where}: the volume is all zero; expected image content")
+    if not np.isfinite(vol.affine).all() or abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
+        raise InputError(f"{where}: invalid affine (singular or non-finite): {vol.affine.tolist()}")
+
+
+def same_geometry(a: Volume, b: Volume, tol: float = 1e-3) -> bool:
+    return a.array.shape == b.array.shape and np.allclose(a.affine, b.affine, atol=tol)

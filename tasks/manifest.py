@@ -1,0 +1,112 @@
+"""``run.json``: the run manifest, rewritten atomically after every item.
+
+It holds versions, device, config (and its hash), the model and weights hash,
+and per-item status, hashes, outputs, timings and errors. A killed run leaves a
+true record; a resumed run adds to it. :meth:`RunManifest.up_to_date` is the
+resume rule: outputs exist and input, config and weights hashes all match.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import threading
+from pathlib import Path
+from typing import Any
+
+from imagingflows.tasks.write import write_json
+
+SCHEMA = 1
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def config_hash(config: dict, keys: tuple[str, ...]) -> str:
+    """sha256 of the config entries that change outputs (JSON, sorted keys)."""
+    subset = {k: config.get(k) for k in sorted(keys)}
+    return hashlib.sha256(json.dumps(subset, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("imagingflows", "torch", "monai", "prefect", "numpy", "nibabel", "pydicom"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class RunManifest:
+    """In-memory manifest with atomic saves; thread-safe ``record``."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.data = data
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, out_dir: Path, *, pipeline: str, command: str, resume: bool) -> "RunManifest":
+        path = Path(out_dir) / "run.json"
+        previous: dict[str, Any] = {}
+        if resume and path.is_file():
+            try:
+                previous = json.loads(path.read_text())
+            except (json.JSONDecodeError, OSError):
+                previous = {}
+        data = {
+            "schema": SCHEMA,
+            "pipeline": pipeline,
+            "command": command,
+            "started": now(),
+            "finished": None,
+            "versions": versions(),
+            "items": dict(previous.get("items", {})) if previous.get("pipeline") == pipeline else {},
+            "runs": list(previous.get("runs", [])) + ([previous.get("started")] if previous else []),
+        }
+        return cls(path, data)
+
+    def set(self, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+            self._save()
+
+    def record(self, item_id: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.data["items"][item_id] = entry
+            self._save()
+
+    def entry(self, item_id: str) -> dict[str, Any] | None:
+        return self.data["items"].get(item_id)
+
+    def up_to_date(self, item_id: str, *, input_hash: str, cfg_hash: str, weights_hash: str | None,
+                   outputs: list[Path]) -> bool:
+        e = self.entry(item_id)
+        return bool(
+            e
+            and e.get("status") == "done"
+            and e.get("input_hash") == input_hash
+            and e.get("config_hash") == cfg_hash
+            and e.get("weights_sha256") == weights_hash
+            and all(Path(p).is_file() for p in outputs)
+        )
+
+    def finish(self, outcomes: dict[str, str], **extra: Any) -> dict[str, int]:
+        """Close the run: ``outcomes`` maps this run's item ids to done/failed/skipped."""
+        with self._lock:
+            counts = {"done": 0, "failed": 0, "skipped": 0}
+            for status in outcomes.values():
+                counts[status] = counts.get(status, 0) + 1
+            self.data["summary"] = {**counts, "total": len(outcomes), **extra}
+            self.data["finished"] = now()
+            self._save()
+            return counts
+
+    def _save(self) -> None:
+        write_json(self.path, self.data)
