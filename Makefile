@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, make, git):
+#   make demo   install into .venv, then segment the bundled sample cases into demo_out/
+#   make test   install into .venv, then run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -qq --disable-pip-version-check
+STAMP := $(VENV)/.installed
+TEST_ENV := PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 NO_ALBUMENTATIONS_UPDATE=1 \
+            PREFECT_LOGGING_LEVEL=WARNING
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0 -c constraints.txt 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e ".[dev]" -c constraints.txt 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import imagingflows.flows.cli, torch, monai, prefect"
+	touch $(STAMP)
+
+demo: install
+	$(TEST_ENV) $(VENV)/bin/run-flow segment --input sample_data/brats --output demo_out
+	@echo "open demo_out/report.html"
+
+test: install
+	PREFECT_HOME=$$(mktemp -d) $(TEST_ENV) $(PY) -m pytest -q
+
+clean:
+	rm -rf demo_out .pytest_cache
