@@ -37,3 +37,35 @@ def demo_weights() -> Path:
     from imagingflows.models.backend import demo_weights as find
 
     return find("swin_unetr_brats")
+
+
+TINY_PROFILE = {"axcodes": "RAS", "spacing": [4.0, 4.0, 4.0], "roi": [64, 64, 64],
+                "channels": ["flair", "t1ce", "t1", "t2"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A randomly initialised small Swin UNETR in our checkpoint format (fast: 4 mm frame, one 64^3 window)."""
+    from imagingflows.models.checkpoints import save_checkpoint
+    from imagingflows.models.swin_unetr import build
+
+    torch.manual_seed(0)
+    cfg = {"in_channels": 4, "out_channels": 3, "feature_size": 12, "patch_merging": "current"}
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, build(**cfg), arch="swin_unetr", config=cfg, meta={"profile": TINY_PROFILE})
+    return path
+
+
+@pytest.fixture
+def make_cases(tmp_path):
+    """make_cases(n, seed=0, **make_case kwargs) -> folder of generated BraTS-like cases (3 mm, small)."""
+    from sample_data import brats
+
+    def make(n: int = 2, seed: int = 0, folder: str = "cases", **kwargs) -> Path:
+        out = tmp_path / folder
+        kwargs.setdefault("spacing", (3.0, 3.0, 3.0))
+        for i in range(n):
+            brats.make_case(out, f"case{seed + i:02d}", seed + i, **kwargs)
+        return out
+
+    return make
