@@ -22,6 +22,8 @@ for _var, _value in {
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    # the embedded server's 20 s default start-up wait fails on a loaded 2-core box (cron jobs)
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }.items():
     os.environ.setdefault(_var, _value)
 
@@ -75,6 +77,7 @@ def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, 
         plan = plan_run(pipeline, input_dir, output_dir, options)
     except UsageError as e:
         _fail(str(e))
+    _quiet_prefect_console()
     total = len(plan.items) + len(plan.errors)
     if quiet:
         result = execute(plan, resume=resume, runner=runner, workers=workers)
@@ -95,6 +98,18 @@ def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, 
             if status == "failed":
                 err.print(f"  [red]failed[/] {item_id}", highlight=False)
     return 1 if counts.get("failed") else 0
+
+
+def _quiet_prefect_console() -> None:
+    """Per-item failures are summarised by us (and kept in run.json, report, run.log); Prefect's
+    console lines would repeat them, possibly with patient-derived paths. Its API logs stay."""
+    import logging
+
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for h in logging.getLogger(name).handlers:
+            if type(h).__name__ == "PrefectConsoleHandler" or (
+                    isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)):
+                h.setLevel(logging.CRITICAL)
 
 
 @app.command()

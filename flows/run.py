@@ -8,8 +8,10 @@ JSON configs; the model lives in the backend's per-process cache.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,8 +44,26 @@ class RunPlan:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def pseudonym(case_id: str) -> str:
-    return "case-" + hashlib.sha256(case_id.encode()).hexdigest()[:10]
+def pseudonym(case_id: str, key: bytes) -> str:
+    """Stable per output folder (resume works) but keyed, so ids cannot be guessed back."""
+    return "case-" + hmac.new(key, case_id.encode(), hashlib.sha256).hexdigest()[:10]
+
+
+def anonymize_key(out_dir: Path) -> bytes:
+    """The output folder's secret key for pseudonyms (created once, never reported)."""
+    path = out_dir / ".anonymize-key"
+    if not path.is_file():
+        path.write_text(secrets.token_hex(16))
+        path.chmod(0o600)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def scrub(message: str, paths: dict[str, str]) -> str:
+    """Replace input paths (whose names carry patient-derived ids) by their role."""
+    for role, p in sorted(paths.items(), key=lambda kv: -len(kv[1])):
+        message = message.replace(p, f"<{role} input>").replace(Path(p).name, f"<{role} file>")
+        message = message.replace(str(Path(p).parent), "<case folder>")
+    return message
 
 
 def check_writable(out_dir: Path) -> None:
@@ -75,25 +95,36 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
     if not items and not errors:
         raise UsageError(f"input folder {input_dir} holds no {pipeline_name} inputs")
     if options.get("anonymize"):
-        names = {i.id: pseudonym(i.id) for i in items} | {cid: pseudonym(cid) for cid, _ in errors}
+        key = anonymize_key(output_dir)
+        names = {i.id: pseudonym(i.id, key) for i in items} | {cid: pseudonym(cid, key) for cid, _ in errors}
         items = [Item(names[i.id], i.paths, i.meta) for i in items]
         errors = [(names[cid], msg.replace(cid, names[cid])) for cid, msg in errors]
     return RunPlan(pipeline_name, input_dir, output_dir, config, items, errors)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{pipeline_name}-{item_id}")
-def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, config: dict) -> dict:
-    """Run one item end to end (read, preprocess, infer, postprocess, write); returns its entry."""
+def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, config: dict):
+    """Run one item end to end (read, preprocess, infer, postprocess, write); returns its entry.
+
+    A failure returns a Failed state whose message names the item and the problem (scrubbed of
+    input paths under ``anonymize``); whatever the item had written is removed first.
+    """
     import torch
+    from prefect.states import Failed
 
     torch.set_num_threads(int(config.get("torch_threads") or torch.get_num_threads()))
     pipe = get_pipeline(pipeline_name)
     case_dir = Path(out_dir) / item_id
     try:
         return pipe.process(Item.from_dict(item), Path(out_dir), config)
-    except BaseException:
+    except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
         shutil.rmtree(case_dir, ignore_errors=True)  # no partial outputs survive a failure
-        raise
+        message = describe_error(exc)
+        if config.get("anonymize"):
+            message = scrub(message, item["paths"])
+        elif not isinstance(exc, InputError):
+            log.exception("%s: unexpected error", item_id)  # full traceback in run.log
+        return Failed(message=message)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -141,13 +172,14 @@ def run_flow(
         for d, input_hash, t0, fut in futures:
             fut.wait()
             entry = {"input_hash": input_hash, "config_hash": cfg_hash,
-                     "weights_sha256": config.get("weights_sha256"), "inputs": d["paths"]}
+                     "weights_sha256": config.get("weights_sha256")}
+            if not config.get("anonymize"):
+                entry["inputs"] = d["paths"]
             if fut.state.is_completed():
                 entry.update(status="done", **fut.result())
                 log.info("%s: done", d["id"])
             else:
-                exc = _exception(fut)
-                entry.update(status="failed", error=describe_error(exc))
+                entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
                 log.error("%s: %s", d["id"], entry["error"])
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             manifest.record(d["id"], entry)
@@ -156,14 +188,6 @@ def run_flow(
     counts = manifest.finish(outcomes)
     _publish(pipeline, out, manifest)
     return {"counts": counts, "outcomes": outcomes, "output_dir": str(out)}
-
-
-def _exception(fut) -> BaseException:
-    try:
-        fut.result()
-    except BaseException as e:  # noqa: BLE001 - the item's failure, reported not raised
-        return e
-    return RuntimeError(f"task ended in state {fut.state.type}")
 
 
 def _publish(pipeline: str, out: Path, manifest: RunManifest) -> None:
@@ -219,7 +243,7 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
     config = dict(plan.config, torch_threads=threads,
                   device_info={"type": select_device(plan.config.get("device", "cpu")).type,
                                "torch_threads": threads, "runner": runner, "workers": workers})
-    handler = _file_log(plan.output_dir / "run.log")
+    handler = file_log(plan.output_dir / "run.log")
     global _CALLBACK
     _CALLBACK = progress  # flow parameters must be JSON: the terminal callback stays process-local
     try:
@@ -235,7 +259,7 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
 _CALLBACK: Callable | None = None
 
 
-def _file_log(path: Path) -> logging.Handler:
+def file_log(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

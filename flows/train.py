@@ -7,11 +7,13 @@ and ``report.html`` record the data, the seeded split, the curve and the result.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from imagingflows.flows.run import file_log, log
 from imagingflows.flows.runners import UsageError
 from imagingflows.pipelines.base import get_pipeline
 from imagingflows.tasks.manifest import RunManifest
@@ -48,7 +50,15 @@ def train_pipeline(pipeline: str, data_dir: str | Path, run_dir: str | Path, con
     if not data_dir.is_dir():
         raise UsageError(f"training data folder {data_dir} does not exist")
     get_pipeline(pipeline)
+    handlers = [file_log(run_dir / "run.log")]
+    if not config.get("quiet"):
+        handlers.append(logging.StreamHandler())  # one line per epoch on the terminal
+        log.addHandler(handlers[-1])
     try:
         return train_flow(pipeline, str(data_dir), str(run_dir), config)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()

@@ -145,7 +145,11 @@ def cached_model(
     device: str = "cpu", **overrides: Any,
 ) -> LoadedModel:
     """The process-wide instance for these arguments, loaded on first use."""
-    key = (str(weights), arch, trust, device, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
+    stamp = None
+    if weights is not None and os.path.isfile(weights):
+        st = os.stat(weights)
+        stamp = (st.st_size, st.st_mtime_ns)  # a file replaced in place is reloaded
+    key = (str(weights), stamp, arch, trust, device, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = load(weights, arch, trust=trust, device=device, **overrides)

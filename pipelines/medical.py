@@ -392,7 +392,9 @@ def _as_ras(image: np.ndarray, labels: np.ndarray, affine: np.ndarray):
 
 def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
     case_dir = Path(out_dir) / item_id
-    return [case_dir / f"{item_id}_seg.nii.gz", case_dir / "statistics.json"]
+    return [case_dir / f"{item_id}_seg.nii.gz", case_dir / "statistics.json"] + [
+        case_dir / f"preview_{view}.png" for view in ("axial", "coronal", "sagittal")
+    ]
 
 
 # ----------------------------------------------------------------------------- evaluate

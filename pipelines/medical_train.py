@@ -152,25 +152,30 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
     epochs = int(config.get("epochs", 10))
     steps = int(config.get("steps_per_epoch") or len(train_ids))
     batch = int(config.get("batch_size", 2))
-    opt = torch.optim.AdamW(net.parameters(), lr=float(config.get("lr", 1e-3)), weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    base_lr = float(config.get("lr", 1e-3))
+    opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-5)
     dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     bce = torch.nn.BCEWithLogitsLoss()
     history: list[dict] = []
     start_epoch = 0
     if resume_state:
         opt.load_state_dict(resume_state["optimizer"])
-        sched.load_state_dict(resume_state["scheduler"])
         history = resume_state["history"]
         start_epoch = resume_state["epoch"]
     best = max((h["val_mean"] for h in history), default=-1.0)
     augment = _augment(crop, seed + start_epoch)
     rng = random.Random(seed * 1000 + start_epoch)
 
+    total_steps = epochs * steps
     for epoch in range(start_epoch, epochs):
         t_epoch = time.perf_counter()
         losses = []
-        for _ in range(steps):
+        for step in range(steps):
+            # cosine decay over the whole run, recomputed from the step so a resumed run with
+            # more epochs continues smoothly (floor 5% so late epochs still learn)
+            progress = (epoch * steps + step) / max(1, total_steps)
+            for group in opt.param_groups:
+                group["lr"] = base_lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
             crops = [augment({"image": data[c][0], "label": data[c][1]})[0]
                      for c in (rng.choice(train_ids) for _ in range(batch))]
             x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(device)
@@ -180,17 +185,16 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         val = _validate(lm, [data[c] for c in val_ids], profile["roi"]) if val_ids else {}
         val_mean = float(np.mean(list(val.values()))) if val else float("nan")
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mean": val_mean,
                         **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.perf_counter() - t_epoch, 1),
-                        "lr": sched.get_last_lr()[0]})
+                        "lr": opt.param_groups[0]["lr"]})
         log.info("epoch %d/%d loss %.4f val Dice %s", epoch + 1, epochs, history[-1]["loss"], val)
         meta = {"profile": profile, "label_convention_trained": labels, "history": history,
                 "data": str(data_dir), "split": {"train": train_ids, "val": val_ids}}
-        state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        state = {"epoch": epoch + 1, "optimizer": opt.state_dict(),
                  "history": history, "split": {"train": train_ids, "val": val_ids}}
         if val_mean > best:
             best = val_mean
