@@ -49,8 +49,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size, spacing,
-                     axcodes, labels, device, anonymize) -> dict:
+                     axcodes, labels, device, anonymize, save_probabilities=False) -> dict:
     return {
+        "save_probabilities": save_probabilities,
         "weights": str(weights) if weights else None,
         "arch": arch,
         "trust_checkpoint": trust_checkpoint,
@@ -132,11 +133,12 @@ def segment(
     runner: str = typer.Option("thread", help="thread, process or dask[=tcp://host:8786]."),
     workers: int = typer.Option(1, min=1, help="Parallel items; torch threads are split between them."),
     anonymize: bool = typer.Option(False, help="Replace case ids by pseudonyms in outputs, logs and reports."),
+    save_probabilities: bool = typer.Option(False, help="Also write <case>_probs.nii.gz (TC, WT, ET sigmoid)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
 ) -> None:
     """Segment brain tumours (TC/WT/ET) in every case of a folder."""
     options = _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size,
-                               spacing, axcodes, labels, device, anonymize)
+                               spacing, axcodes, labels, device, anonymize, save_probabilities)
     raise typer.Exit(_run_batch("segment", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 
@@ -237,6 +239,22 @@ def serve(
               "(the embedded ephemeral mode has no scheduler)")
     serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name,
                    options={"weights": str(weights) if weights else None})
+
+
+@app.command()
+def export(
+    weights: Path = typer.Option(..., help="A checkpoint written by `run-flow train` (best.pt / last.pt)."),
+    output: Path = typer.Option(..., "--output", "-o"),
+    half: bool = typer.Option(True, help="Store weights as float16 (half the size; loaded as float32)."),
+) -> None:
+    """Export trained weights without optimizer state (e.g. to ship as demo weights)."""
+    from imagingflows.models.checkpoints import CheckpointError, export_checkpoint
+
+    try:
+        path = export_checkpoint(weights, output, half=half)
+    except CheckpointError as e:
+        _fail(str(e))
+    err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
 @app.command()

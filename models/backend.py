@@ -99,7 +99,15 @@ def build_model(
     else:
         config = {**spec.hparams_from_state_dict(ckpt.state_dict), **spec.foreign_defaults, **overrides}
     net = spec.build(**config)
-    load_strict(net, ckpt.state_dict, source=str(ckpt.path))
+    state = ckpt.state_dict
+    omitted = ckpt.meta.get("omitted_buffers") or [] if ckpt.ours else []
+    if omitted:
+        bad = [k for k in omitted if not spec.is_derived_buffer(k)]
+        if bad:
+            raise CheckpointError(f"{ckpt.path}: omits buffers {bad[:3]} that {spec.name} cannot rebuild")
+        rebuilt = net.state_dict()
+        state = {**state, **{k: rebuilt[k] for k in omitted if k in rebuilt}}
+    load_strict(net, state, source=str(ckpt.path))
     return net.eval(), spec, config
 
 

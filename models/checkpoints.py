@@ -137,19 +137,35 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
     half: bool = False,
     extra: Mapping[str, Any] | None = None,
+    omit: tuple[str, ...] = (),
 ) -> Path:
-    """Write our format atomically: weights (optionally float16), arch, full config, metadata."""
+    """Write our format atomically: weights (optionally float16), arch, full config, metadata.
+
+    ``omit``: buffers the architecture rebuilds identically (listed in ``meta["omitted_buffers"]``
+    and restored from a freshly built network on load), to keep shipped files small.
+    """
     from imagingflows.tasks.write import atomic_path
 
-    sd = {
-        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
-        for k, v in model.state_dict().items()
-    }
-    obj = {"format": OUR_FORMAT, "arch": arch, "config": dict(config), "meta": dict(meta or {}), "state_dict": sd}
+    sd = {k: _compact(v.detach().cpu(), half) for k, v in model.state_dict().items() if k not in omit}
+    meta = dict(meta or {})
+    if omit:
+        meta["omitted_buffers"] = sorted(omit)
+    obj = {"format": OUR_FORMAT, "arch": arch, "config": dict(config), "meta": meta, "state_dict": sd}
     obj.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def _compact(t: torch.Tensor, half: bool) -> torch.Tensor:
+    """float16 for weights, int16 for index buffers whose values fit (``load_state_dict`` upcasts)."""
+    if not half:
+        return t
+    if t.is_floating_point():
+        return t.half()
+    if t.dtype == torch.int64 and t.numel() and -32768 <= int(t.min()) and int(t.max()) <= 32767:
+        return t.to(torch.int16)
+    return t
 
 
 def key_diff(model_sd: Mapping[str, torch.Tensor], ckpt_sd: Mapping[str, torch.Tensor]) -> str:
@@ -184,3 +200,18 @@ def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: 
     if diff:
         raise CheckpointError(f"{source}: weights do not fit the model\n{diff}")
     model.load_state_dict(sd, strict=True)  # copies (and upcasts float16 storage) in place
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: bool = True,
+                      drop_meta: tuple[str, ...] = ("train_state",)) -> Path:
+    """Copy one of our checkpoints without training state (optimizer...), optionally as float16."""
+    from imagingflows.models.backend import build_model
+
+    ckpt = read_checkpoint(src)
+    if not ckpt.ours:
+        raise CheckpointError(f"{src}: only checkpoints written by imagingflows can be exported")
+    net, spec, config = build_model(ckpt)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in drop_meta}
+    meta["exported_from_sha256"] = ckpt.sha256
+    omit = tuple(k for k, _ in net.named_buffers() if spec.is_derived_buffer(k)) if half else ()
+    return save_checkpoint(dst, net, arch=spec.name, config=config, meta=meta, half=half, omit=omit)

@@ -30,6 +30,7 @@ class ModelSpec:
         size_multiple: every spatial input size must be a multiple of this.
         min_size: smallest spatial size the network accepts.
         description: one line for ``run-flow models``.
+        derived_buffers: buffers (e.g. relative position indices) that need not be stored.
     """
 
     name: str
@@ -43,6 +44,10 @@ class ModelSpec:
     size_multiple: int = 1
     min_size: int = 1
     description: str = ""
+    derived_buffers: tuple[str, ...] = ()  # name suffixes of buffers the constructor rebuilds exactly
+
+    def is_derived_buffer(self, key: str) -> bool:
+        return any(key.endswith(suffix) for suffix in self.derived_buffers)
 
     def detect(self, state_dict: Mapping[str, Any]) -> bool:
         return all(k in state_dict for k in self.detect_keys)

@@ -145,4 +145,5 @@ SPEC = ModelSpec(
     size_multiple=32,
     min_size=64,
     description="Swin UNETR (MONAI), 3D segmentation; BraTS21 checkpoints load as-is",
+    derived_buffers=("attn.relative_position_index",),
 )

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imagingflows.pipelines.base import Pipeline
+from imagingflows.tasks.preprocess import ModelFrame, from_model_frame, normalize_nonzero, to_model_frame
 from imagingflows.tasks.ingest import NIFTI_SUFFIXES, InputError, Item, Volume, read_volume, strip_nifti_suffix
 
 MODEL_CHANNELS = ("flair", "t1ce", "t1", "t2")
@@ -54,7 +54,7 @@ FOREIGN_PROFILE = {"axcodes": "LPS", "spacing": None, "roi": [128, 128, 128], "c
 
 OUTPUT_CONFIG_KEYS = (
     "axcodes", "spacing", "roi", "overlap", "blend", "threshold", "labels", "sw_batch_size",
-    "model_overrides", "channels", "precision",
+    "model_overrides", "channels", "precision", "save_probabilities",
 )
 
 
@@ -228,47 +228,6 @@ def read_case(item: Item, channels: tuple[str, ...]) -> list[Volume]:
 
 # ----------------------------------------------------------------------------- preprocess / postprocess
 
-@dataclass
-class ModelFrame:
-    """Invertible geometric transform into the model's frame (MONAI Orientation [+ Spacing])."""
-
-    axcodes: str
-    spacing: tuple[float, float, float] | None
-
-    def transform(self):
-        from monai.transforms import Compose, Orientation, Spacing
-
-        steps = [Orientation(axcodes=self.axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))]
-        if self.spacing:
-            steps.append(Spacing(pixdim=tuple(self.spacing), mode="bilinear", padding_mode="zeros"))
-        return Compose(steps)
-
-
-def to_model_frame(stack: np.ndarray, affine: np.ndarray, frame: ModelFrame):
-    """``stack`` (C, X, Y, Z) on ``affine`` -> (MetaTensor (C, X', Y', Z') in the model frame, transform)."""
-    from monai.data import MetaTensor
-
-    geo = frame.transform()
-    img = MetaTensor(np.ascontiguousarray(stack), affine=affine)
-    return geo(img), geo
-
-
-def from_model_frame(probs, reference, geo) -> np.ndarray:
-    """Map ``probs`` (C, X', Y', Z') back to the input grid with the exact inverse of ``geo``."""
-    from monai.data import MetaTensor
-
-    pred = MetaTensor(probs, meta=dict(reference.meta))
-    pred.applied_operations = [dict(op) for op in reference.applied_operations]
-    return np.asarray(geo.inverse(pred))
-
-
-def normalize_nonzero(x):
-    """Channel-wise z-score over nonzero voxels (MONAI ``NormalizeIntensity``, BraTS21)."""
-    from monai.transforms import NormalizeIntensity
-
-    return NormalizeIntensity(nonzero=True, channel_wise=True)(x)
-
-
 def regions_to_labels(regions: np.ndarray, convention: str = "2021") -> np.ndarray:
     """(3, X, Y, Z) booleans [TC, WT, ET] -> uint8 label map in the BraTS convention."""
     lab = LABEL_CONVENTIONS[convention]
@@ -342,6 +301,11 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     stats = statistics(labels, ref.affine, cfg["labels"])
     stats["case"] = item.id
     write_json(case_dir / "statistics.json", stats)
+    outputs = {}
+    if cfg.get("save_probabilities"):
+        prob_path = case_dir / f"{item.id}_probs.nii.gz"  # (X, Y, Z, 3): TC, WT, ET sigmoid
+        write_nifti(prob_path, np.moveaxis(probs, 0, -1).astype(np.float32), ref.affine, header=None)
+        outputs["probabilities"] = str(prob_path.relative_to(out_dir))
     ras_img, ras_lab, ras_spacing = _as_ras(ref.array, labels, ref.affine)
     previews = save_overlay_previews(ras_img, ras_lab, case_dir, item.id, REGION_COLORS, spacing=ras_spacing)
     t_write = time.perf_counter()
@@ -350,6 +314,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
             "seg": str(seg_path.relative_to(out_dir)),
             "statistics": str((case_dir / "statistics.json").relative_to(out_dir)),
             "previews": [str(Path(p).relative_to(out_dir)) for p in previews],
+            **outputs,
         },
         "summary": {f"{r}_mm3": stats["regions_mm3"][r] for r in REGIONS},
         "timings": {

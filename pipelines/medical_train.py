@@ -53,8 +53,7 @@ def split_cases(ids: list[str], val_fraction: float, seed: int) -> tuple[list[st
 
 def load_case_in_frame(item: Item, ref_path: Path, profile: dict, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(image (4, X, Y, Z) normalised, regions (3, X, Y, Z) float) in the model frame."""
-    from monai.data import MetaTensor
-    from monai.transforms import Orientation, Spacing
+    from imagingflows.tasks.preprocess import ModelFrame, normalize_nonzero, to_model_frame
 
     vols = seg.read_case(item, tuple(profile["channels"]))
     ref = seg.read_labels(str(ref_path))
@@ -62,13 +61,10 @@ def load_case_in_frame(item: Item, ref_path: Path, profile: dict, labels: str) -
         raise InputError(f"case {item.id}: reference {ref_path.name} is not on the image grid")
     convention = None if labels == "auto" else labels
     regions = seg.labels_to_regions(ref.array.astype(np.uint8), convention).astype(np.float32)
-    frame = seg.ModelFrame(profile["axcodes"], tuple(profile["spacing"]) if profile.get("spacing") else None)
-    img, _ = seg.to_model_frame(np.stack([v.array for v in vols]), vols[0].affine, frame)
-    lab = MetaTensor(regions, affine=vols[0].affine)
-    lab = Orientation(axcodes=profile["axcodes"], labels=(("L", "R"), ("P", "A"), ("I", "S")))(lab)
-    if profile.get("spacing"):
-        lab = Spacing(pixdim=tuple(profile["spacing"]), mode="nearest")(lab)
-    return seg.normalize_nonzero(img).as_tensor().float(), lab.as_tensor().float()
+    frame = ModelFrame(profile["axcodes"], tuple(profile["spacing"]) if profile.get("spacing") else None)
+    img, _ = to_model_frame(np.stack([v.array for v in vols]), vols[0].affine, frame)
+    lab, _ = to_model_frame(regions, vols[0].affine, frame, mode="nearest")
+    return normalize_nonzero(img).as_tensor().float(), lab.as_tensor().float()
 
 
 def _augment(crop_size: list[int], seed: int):
