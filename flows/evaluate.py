@@ -28,8 +28,14 @@ def score_item(pipeline: str, item_id: str, prediction: str, reference: str) -> 
     return get_pipeline(pipeline).evaluate(prediction, reference, None)
 
 
-def _case_ids(pred_dir: Path, ref_dir: Path) -> list[str]:
+def _case_ids(pred_dir: Path) -> list[str]:
+    """Case ids of predictions: one folder per case (our output tree) or loose ``<case>_seg`` files."""
     ids = {p.name for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    for p in pred_dir.glob("*.nii*"):
+        stem = p.name.split(".nii")[0]
+        for suffix in ("_seg", "-seg"):
+            if stem.endswith(suffix):
+                ids.add(stem[: -len(suffix)])
     return sorted(ids)
 
 
@@ -40,7 +46,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
     per_item: dict[str, dict] = {}
     failed: dict[str, str] = {}
     futures = {}
-    for cid in _case_ids(pred_dir, ref_dir):
+    for cid in _case_ids(pred_dir):
         pred, ref = pipe.find_prediction(pred_dir, cid), pipe.find_reference(ref_dir, cid)
         if pred is None or ref is None:
             failed[cid] = f"case {cid}: {'prediction' if pred is None else 'reference'} not found"
@@ -61,9 +67,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
                "mean": mean, "failed": failed, "n": len(per_item), "computed": now()}
     write_json(out / "metrics.json", metrics)
 
-    manifest = RunManifest.open(out, pipeline=pipeline, command="run", resume=True)
-    if not manifest.data["items"]:
-        manifest.data["command"] = "evaluate"
+    manifest = RunManifest.open(out, pipeline=pipeline, command="evaluate", resume=True)
     for cid, m in per_item.items():
         entry = manifest.entry(cid) or {"status": "done"}
         manifest.record(cid, {**entry, "metrics": m})

@@ -60,16 +60,18 @@ class RunManifest:
                 previous = json.loads(path.read_text())
             except (json.JSONDecodeError, OSError):
                 previous = {}
-        data = {
+        same = previous.get("pipeline") == pipeline
+        data = dict(previous) if same else {}  # a resumed run adds to the record
+        data.update({
             "schema": SCHEMA,
             "pipeline": pipeline,
             "command": command,
             "started": now(),
             "finished": None,
             "versions": versions(),
-            "items": dict(previous.get("items", {})) if previous.get("pipeline") == pipeline else {},
-            "runs": list(previous.get("runs", [])) + ([previous.get("started")] if previous else []),
-        }
+            "items": dict(previous.get("items", {})) if same else {},
+            "runs": list(previous.get("runs", [])) + ([previous["started"]] if previous.get("started") else []),
+        })
         return cls(path, data)
 
     def set(self, **fields: Any) -> None:
