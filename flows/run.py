@@ -123,7 +123,7 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
         if config.get("anonymize"):
             message = scrub(message, item["paths"])
         elif not isinstance(exc, InputError):
-            log.exception("%s: unexpected error", item_id)  # full traceback in run.log
+            _log().exception("%s: unexpected error", item_id)
         return Failed(message=message)
 
 
@@ -149,7 +149,7 @@ def run_flow(
     for case_id, message in errors:
         manifest.record(case_id, {"status": "failed", "error": message})
         outcomes[case_id] = "failed"
-        log.error("%s: %s", case_id, message)
+        _log().error("%s: %s", case_id, message)
 
     todo = []
     for d in items:
@@ -158,11 +158,11 @@ def run_flow(
                                           weights_hash=config.get("weights_sha256"),
                                           outputs=pipe.expected_outputs(d["id"], out)):
             outcomes[d["id"]] = "skipped"
-            log.info("%s: up to date, skipped", d["id"])
+            _log().info("%s: up to date, skipped", d["id"])
             continue
         todo.append((d, input_hash))
 
-    progress = _Progress(len(items) + len(errors), len(outcomes), _CALLBACK)
+    progress = _Progress(len(items) + len(errors), len(outcomes), _progress_callback())
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
         futures = [
@@ -177,10 +177,10 @@ def run_flow(
                 entry["inputs"] = d["paths"]
             if fut.state.is_completed():
                 entry.update(status="done", **fut.result())
-                log.info("%s: done", d["id"])
+                _log().info("%s: done", d["id"])
             else:
                 entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
-                log.error("%s: %s", d["id"], entry["error"])
+                _log().error("%s: %s", d["id"], entry["error"])
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             manifest.record(d["id"], entry)
             outcomes[d["id"]] = entry["status"]
@@ -188,6 +188,17 @@ def run_flow(
     counts = manifest.finish(outcomes)
     _publish(pipeline, out, manifest)
     return {"counts": counts, "outcomes": outcomes, "output_dir": str(out)}
+
+
+def _log() -> logging.Logger:
+    # Flows and tasks reach module state through functions: the process and Dask runners
+    # pickle flow/task functions by value, and a logger with file handlers (or the terminal
+    # progress callback) cannot be pickled.
+    return logging.getLogger("imagingflows")
+
+
+def _progress_callback() -> Callable | None:
+    return _CALLBACK
 
 
 def _publish(pipeline: str, out: Path, manifest: RunManifest) -> None:
@@ -239,7 +250,7 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
     from imagingflows.models.backend import configure_threads, select_device
 
     remove_stale_temps(plan.output_dir)
-    threads = configure_threads(workers if runner.startswith("thread") else 1)
+    threads = configure_threads(workers)  # per item worker, thread or process: workers x threads <= cores
     config = dict(plan.config, torch_threads=threads,
                   device_info={"type": select_device(plan.config.get("device", "cpu")).type,
                                "torch_threads": threads, "runner": runner, "workers": workers})
