@@ -10,7 +10,6 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-from imagingflows.tasks.ingest import Item
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,6 @@ def _ensure_registered() -> None:
         from imagingflows.pipelines import medical
 
         register("segment", medical.pipeline)
-
-
-def item_list(items: list[Item]) -> list[dict]:
-    return [i.to_dict() for i in items]
 
 
 

@@ -129,6 +129,3 @@ def _check_content(vol: Volume, role: str) -> None:
     if not np.isfinite(vol.affine).all() or abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
         raise InputError(f"{where}: invalid affine (singular or non-finite): {vol.affine.tolist()}")
 
-
-def same_geometry(a: Volume, b: Volume, tol: float = 1e-3) -> bool:
-    return a.array.shape == b.array.shape and np.allclose(a.affine, b.affine, atol=tol)
