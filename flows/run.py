@@ -115,8 +115,11 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
     torch.set_num_threads(int(config.get("torch_threads") or torch.get_num_threads()))
     pipe = get_pipeline(pipeline_name)
     case_dir = Path(out_dir) / item_id
+    start = time.perf_counter()
     try:
-        return pipe.process(Item.from_dict(item), Path(out_dir), config)
+        entry = pipe.process(Item.from_dict(item), Path(out_dir), config)
+        entry["seconds"] = round(time.perf_counter() - start, 2)  # this item's own time, not queueing
+        return entry
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
         shutil.rmtree(case_dir, ignore_errors=True)  # no partial outputs survive a failure
         message = describe_error(exc)
@@ -165,11 +168,8 @@ def run_flow(
     progress = _Progress(len(items) + len(errors), len(outcomes), _progress_callback())
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
-        futures = [
-            (d, h, time.perf_counter(), process_item.submit(pipeline, d["id"], d, output_dir, config))
-            for d, h in chunk
-        ]
-        for d, input_hash, t0, fut in futures:
+        futures = [(d, h, process_item.submit(pipeline, d["id"], d, output_dir, config)) for d, h in chunk]
+        for d, input_hash, fut in futures:
             fut.wait()
             entry = {"input_hash": input_hash, "config_hash": cfg_hash,
                      "weights_sha256": config.get("weights_sha256")}
@@ -181,7 +181,6 @@ def run_flow(
             else:
                 entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
                 _log().error("%s: %s", d["id"], entry["error"])
-            entry["seconds"] = round(time.perf_counter() - t0, 2)
             manifest.record(d["id"], entry)
             outcomes[d["id"]] = entry["status"]
             progress.advance(d["id"], entry["status"])
