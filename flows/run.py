@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
 from imagingflows.flows.runners import UsageError, make_task_runner
 from imagingflows.pipelines.base import get_pipeline
@@ -167,10 +168,14 @@ def run_flow(
 
     progress = _Progress(len(items) + len(errors), len(outcomes), _progress_callback())
     for start in range(0, len(todo), CHUNK):
-        chunk = todo[start:start + CHUNK]
-        futures = [(d, h, process_item.submit(pipeline, d["id"], d, output_dir, config)) for d, h in chunk]
-        for d, input_hash, fut in futures:
-            fut.wait()
+        chunk, futures = todo[start:start + CHUNK], []
+        submitted = {}
+        for d, h in chunk:
+            fut = process_item.submit(pipeline, d["id"], d, output_dir, config)
+            submitted[id(fut)] = (d, h)
+            futures.append(fut)
+        for fut in as_completed(futures):  # record each item as soon as it lands (a kill loses none)
+            d, input_hash = submitted[id(fut)]
             entry = {"input_hash": input_hash, "config_hash": cfg_hash,
                      "weights_sha256": config.get("weights_sha256")}
             if not config.get("anonymize"):
