@@ -176,6 +176,7 @@ def run_flow(
             futures.append(fut)
         for fut in as_completed(futures):  # record each item as soon as it lands (a kill loses none)
             d, input_hash = submitted[id(fut)]
+            fut.wait()  # as_completed can yield before the future's Prefect state is final
             entry = {"input_hash": input_hash, "config_hash": cfg_hash,
                      "weights_sha256": config.get("weights_sha256")}
             if not config.get("anonymize"):
