@@ -174,27 +174,24 @@ def _counts(manifest: dict, items: list[tuple[str, dict]]) -> dict[str, Any]:
     return counts
 
 
+def _path_list(value) -> list[str]:
+    """A path, a list of paths or a dict of paths from the manifest, as a list of strings."""
+    if isinstance(value, (str, os.PathLike)):
+        value = [value]
+    elif isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return []
+    return [os.fspath(p) for p in value if isinstance(p, (str, os.PathLike)) and os.fspath(p)]
+
+
 def _previews(item: dict) -> list[str]:
     outputs = item.get("outputs") if isinstance(item.get("outputs"), dict) else {}
-    prev = outputs.get("previews", item.get("previews"))
-    if isinstance(prev, (str, os.PathLike)):
-        prev = [prev]
-    elif isinstance(prev, dict):
-        prev = list(prev.values())
-    if not isinstance(prev, list):
-        return []
-    return [os.fspath(p) for p in prev if isinstance(p, (str, os.PathLike)) and os.fspath(p)]
+    return _path_list(outputs.get("previews", item.get("previews")))
 
 
 def _figures(manifest: dict) -> list[str]:
-    figs = manifest.get("figures")
-    if isinstance(figs, (str, os.PathLike)):
-        figs = [figs]
-    if isinstance(figs, dict):
-        figs = list(figs.values())
-    if not isinstance(figs, list):
-        return []
-    return [os.fspath(p) for p in figs if isinstance(p, (str, os.PathLike)) and os.fspath(p)]
+    return _path_list(manifest.get("figures"))
 
 
 def _image_url(path: str, base_dir: Path | None) -> str:
