@@ -205,21 +205,22 @@ def evaluate(
 
     if predictions is None and input is None:
         _fail("give --input (run the pipeline, then score) or --predictions (score existing outputs)")
+    if predictions is not None and reference is None and input is None:
+        _fail("give --reference: the folder holding the reference label maps")
     options = _segment_options(weights, None, trust_checkpoint, patch_merging, roi, overlap, 1, None, None,
                                "2021", device, False)
+    code = 0
     try:
         if predictions is None:
             code = _run_batch(pipeline, input, output, options, resume=resume, runner="thread", workers=1,
                               quiet=quiet)
-            if code == 2:
-                raise typer.Exit(2)
         result = evaluate_pipeline(pipeline, predictions or output, reference or input, output, options)
     except UsageError as e:
         _fail(str(e))
     mean = result["metrics"].get("mean", {})
     if not quiet:
         err.print("mean: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), highlight=False)
-    raise typer.Exit(1 if result["failed"] else 0)
+    raise typer.Exit(1 if result["failed"] or code == 1 else 0)  # a case that failed to run is a failure
 
 
 @app.command()

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -53,18 +54,25 @@ def pseudonym(case_id: str, key: bytes) -> str:
 def anonymize_key(out_dir: Path) -> bytes:
     """The output folder's secret key for pseudonyms (created once, never reported)."""
     path = out_dir / ".anonymize-key"
-    if not path.is_file():
-        path.write_text(secrets.token_hex(16))
-        path.chmod(0o600)
-    return bytes.fromhex(path.read_text().strip())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16))
+    except FileExistsError:
+        pass
+    key = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{32}", key):
+        raise UsageError(f"{path} is damaged (expected 32 hex characters); delete it to start new pseudonyms")
+    return bytes.fromhex(key)
 
 
-def scrub(message: str, paths: dict[str, str]) -> str:
-    """Replace input paths (whose names carry patient-derived ids) by their role."""
-    for role, p in sorted(paths.items(), key=lambda kv: -len(kv[1])):
+def scrub(message: str, paths: dict[str, str] | None = None) -> str:
+    """Replace what can carry patient-derived ids: input paths, file names, DICOM UIDs."""
+    for role, p in sorted((paths or {}).items(), key=lambda kv: -len(kv[1])):
         message = message.replace(p, f"<{role} input>").replace(Path(p).name, f"<{role} file>")
         message = message.replace(str(Path(p).parent), "<case folder>")
-    return message
+    message = re.sub(r"\b\d+(?:\.\d+){3,}\b", "<uid>", message)
+    return re.sub(r"[^\s,:;'\"()]+\.(?:nii(?:\.gz)?|dcm)\b", "<file>", message)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -99,7 +107,7 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
         key = anonymize_key(output_dir)
         names = {i.id: pseudonym(i.id, key) for i in items} | {cid: pseudonym(cid, key) for cid, _ in errors}
         items = [Item(names[i.id], i.paths, i.meta) for i in items]
-        errors = [(names[cid], msg.replace(cid, names[cid])) for cid, msg in errors]
+        errors = [(names[cid], scrub(msg.replace(cid, names[cid]))) for cid, msg in errors]
     return RunPlan(pipeline_name, input_dir, output_dir, config, items, errors)
 
 

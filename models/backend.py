@@ -62,7 +62,10 @@ def select_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu or auto)")
     return dev

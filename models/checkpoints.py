@@ -80,7 +80,10 @@ def _load_raw(path: Path, trust: bool) -> Any:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike: unreadable weights
+            raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
     try:
         if trust:
             return torch.load(path, map_location="cpu", weights_only=False)

@@ -194,6 +194,13 @@ def prepare(config: dict) -> dict:
     cfg.setdefault("labels", "2021")
     cfg.setdefault("sw_batch_size", 1)
     cfg.setdefault("precision", "fp32")
+    multiple = lm.spec.size_multiple
+    if any(int(r) % multiple or int(r) < lm.spec.min_size for r in cfg["roi"]):
+        raise ValueError(f"roi {cfg['roi']} must be multiples of {multiple} and >= {lm.spec.min_size}")
+    if not 0 <= float(cfg["overlap"]) < 1:
+        raise ValueError(f"overlap must be >= 0 and < 1, got {cfg['overlap']}")
+    if int(cfg["sw_batch_size"]) < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {cfg['sw_batch_size']}")
     if cfg["labels"] not in LABEL_CONVENTIONS:
         raise ValueError(f"labels must be one of {sorted(LABEL_CONVENTIONS)}, got {cfg['labels']!r}")
     return cfg
@@ -288,6 +295,8 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     channels = tuple(cfg["channels"])
     vols = read_case(item, channels)
     t_read = time.perf_counter()
+    if _model(cfg).weights_sha256 != cfg.get("weights_sha256"):
+        raise RuntimeError(f"weights file {cfg['weights']} changed during the run; rerun to use the new weights")
     probs = predict_regions(vols, cfg)
     t_infer = time.perf_counter()
     brain = np.any(np.stack([v.array != 0 for v in vols]), axis=0)
@@ -403,6 +412,8 @@ def read_labels(path: str) -> Volume:
         arr = np.asarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad input
         raise InputError(f"{path}: cannot read label map: {e}") from e
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
     if arr.ndim != 3:
         raise InputError(f"{path}: expected a 3D label map, found shape {arr.shape}")
     return Volume(np.rint(arr).astype(np.int16), img.affine, img.header, str(path))

@@ -43,6 +43,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _recorded_outputs(entry: dict[str, Any]) -> list[str]:
+    """Every output path a manifest entry lists (strings, or lists of strings, under ``outputs``)."""
+    paths: list[str] = []
+    for value in (entry.get("outputs") or {}).values():
+        paths.extend([value] if isinstance(value, str) else [v for v in value if isinstance(v, str)])
+    return paths
+
+
 class RunManifest:
     """In-memory manifest with atomic saves; thread-safe ``record``."""
 
@@ -97,6 +105,7 @@ class RunManifest:
             and e.get("config_hash") == cfg_hash
             and e.get("weights_sha256") == weights_hash
             and all(Path(p).is_file() for p in outputs)
+            and all((self.path.parent / p).is_file() for p in _recorded_outputs(e))
         )
 
     def finish(self, outcomes: dict[str, str], **extra: Any) -> dict[str, int]:

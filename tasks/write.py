@@ -87,6 +87,11 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, 
 
     img = nib.Nifti1Image(array, affine, header=header)
     img.set_data_dtype(array.dtype)
+    hdr = img.header
+    hdr["cal_min"], hdr["cal_max"] = 0, 0  # the input's display window would hide a label map
+    hdr["descrip"], hdr["aux_file"] = b"imagingflows", b""  # no free text carried over from the input
+    hdr.set_intent("none")
+    hdr.set_slope_inter(None, None)
     if header is not None:
         img.set_sform(affine, code=int(header["sform_code"]) or 1)
         img.set_qform(affine, code=int(header["qform_code"]) or 1)
