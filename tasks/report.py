@@ -41,17 +41,21 @@ def _is_np_number(v: Any) -> bool:
     return isinstance(v, np.number)
 
 
+def _non_finite(f: float) -> str | None:
+    if math.isnan(f):
+        return "nan"
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    return None
+
+
 def format_metric(v: Any) -> str:
     """Metrics: three decimals (``0.912``, ``373.130``), thousands separators above 1000."""
     if v is None:
         return ""
     if _is_number(v):
         f = float(v)
-        if math.isnan(f):
-            return "nan"
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return f"{f:,.3f}"
+        return _non_finite(f) or f"{f:,.3f}"
     return _format_other(v)
 
 
@@ -64,10 +68,8 @@ def format_value(v: Any) -> str:
         return "yes" if v else "no"
     if _is_number(v):
         f = float(v)
-        if math.isnan(f):
-            return "nan"
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
+        if (special := _non_finite(f)) is not None:
+            return special
         if float(f).is_integer() and abs(f) < 1e15:
             return f"{int(f):,}"
         if abs(f) >= 1000:
