@@ -104,7 +104,7 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
     from monai.losses import DiceLoss
 
     from imagingflows.models.backend import LoadedModel, load, select_device
-    from imagingflows.models.checkpoints import read_checkpoint, save_checkpoint
+    from imagingflows.models.checkpoints import save_checkpoint
     from imagingflows.models.registry import get_spec
 
     run_dir = Path(run_dir)
@@ -117,10 +117,11 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    resume_state = read_checkpoint(last_path).meta.get("train_state") if last_path.is_file() else None
+    resume_state = None
 
     if last_path.is_file():
-        lm = load(last_path, device=str(device))
+        lm = load(last_path, device=str(device))  # one read: weights and training state
+        resume_state = lm.meta.get("train_state")
         profile = lm.meta["profile"]
     elif config.get("weights"):
         lm = load(config["weights"], trust=bool(config.get("trust_checkpoint")), device=str(device))
