@@ -102,9 +102,9 @@ class Registry:
 
 
 def _default_specs() -> list[ModelSpec]:
-    from imagingflows.models import swin_unetr
+    from imagingflows.models import hat, nafnet, swin_unetr
 
-    return [swin_unetr.SPEC]
+    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC]
 
 
 REGISTRY = Registry(_default_specs())

@@ -1,0 +1,596 @@
+"""Read and write 2D images (PNG, JPEG, TIFF; 8 or 16 bit) for the restoration pipeline.
+
+Reading (:func:`read_image`) gives an :class:`ImageData`:
+
+* ``array``: ``(H, W, C)`` in the file's own sample type, uint8 or uint16. C is 1 (gray), 2 (gray + alpha),
+  3 (RGB) or 4 (RGBA). **Alpha is kept** as the last channel, so writing the array back loses nothing;
+  ``.color`` and ``.alpha`` (and :func:`split_alpha` / :func:`merge_alpha`) split it off for a model that
+  takes colour only. Alpha is stored as in the file (premultiplied TIFF alpha stays premultiplied; a note says so).
+* ``bit_depth`` 8 or 16, ``icc_profile`` (bytes or None), ``orientation_applied`` (the EXIF orientation
+  that was applied to the pixels, 1 = none), and ``notes``: every conversion made, in words, for run.json.
+* Orientation: the EXIF (or XMP, or TIFF tag 274) orientation is applied to the pixels with the
+  semantics of Pillow's ``ImageOps.exif_transpose``, so ``array`` is upright. Outputs carry no orientation.
+* Conversions (each one noted): palette -> RGB, or RGBA when the palette has transparency; CMYK -> RGB
+  (Pillow's plain formula, no colour management; a CMYK ICC profile no longer applies and is dropped);
+  1-bit -> 8-bit gray 0/255; 2/4-bit gray -> 8-bit; TIFF min-is-white -> inverted to min-is-black.
+  A colour-key transparency (PNG tRNS on gray/RGB) is ignored, and noted; a JPEG named ``.png`` is read by
+  its content, and noted. Animated PNG, multi-page and 3D TIFF are refused (one 2D image per file).
+* Decoders: Pillow for PNG and JPEG, and ``.load()`` is always called so truncated files fail here
+  (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone). Pillow keeps only the high byte of 16-bit colour
+  PNGs, so those are decoded twice by Pillow's own PNG decoder, once unpacked as big-endian (high bytes)
+  and once as little-endian (low bytes), and the two are joined: bit-exact, Adam7 and all filters included.
+  TIFF goes through tifffile (16-bit RGB/RGBA included); files tifffile cannot decode without the optional
+  ``imagecodecs`` package (LZW, JPEG, PackBits compression) or in other photometrics (palette, CMYK,
+  YCbCr) fall back to Pillow when that loses no precision.
+
+Every failure is an :class:`~imagingflows.tasks.ingest.InputError` that names the file and says what was
+expected and what was found.
+
+Writing (:func:`write_image`) picks the format from the suffix, keeps the bit depth and writes atomically
+(temp file beside the output, then rename). 16-bit PNG is encoded here (Pillow cannot write 16-bit colour
+PNG); TIFF is written by tifffile with Deflate compression; JPEG is 8-bit only (quality 95, 4:4:4).
+The ICC profile goes into PNG (iCCP), TIFF (tag 34675) and JPEG (APP2).
+
+Models see float32 ``(C, H, W)`` on [0, 1]: :func:`to_float` and :func:`from_float` (clip, scale, round
+half to even, the way BasicSR's ``tensor2img`` rounds).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imagingflows.tasks.ingest import InputError
+from imagingflows.tasks.write import WriteError, atomic_path
+
+FORMATS = ("PNG", "JPEG", "TIFF")
+SUFFIX_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+EXPECTED = "a 2D PNG, JPEG or TIFF image, 8 or 16 bit, gray/RGB with optional alpha"
+JPEG_QUALITY = 95
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# EXIF orientation -> what Pillow's ImageOps.exif_transpose does, on (H, W, C) arrays.
+_ORIENT = {
+    2: ("mirrored left-right", lambda a: a[:, ::-1]),
+    3: ("rotated 180 degrees", lambda a: a[::-1, ::-1]),
+    4: ("mirrored top-bottom", lambda a: a[::-1]),
+    5: ("transposed", lambda a: a.transpose(1, 0, 2)),
+    6: ("rotated 90 degrees clockwise", lambda a: np.rot90(a, -1)),
+    7: ("transversed", lambda a: a[::-1, ::-1].transpose(1, 0, 2)),
+    8: ("rotated 90 degrees counter-clockwise", lambda a: np.rot90(a, 1)),
+}
+
+
+@dataclass
+class ImageData:
+    """One decoded 2D image. ``array`` is ``(H, W, C)`` uint8/uint16, upright, alpha (if any) last."""
+
+    array: np.ndarray
+    bit_depth: int
+    source: str
+    format: str
+    icc_profile: bytes | None = None
+    orientation_applied: int = 1
+    source_mode: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[2])
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.channels in (2, 4)
+
+    @property
+    def color(self) -> np.ndarray:
+        """``(H, W, 1 or 3)``: the image without its alpha channel (a view)."""
+        return split_alpha(self.array)[0]
+
+    @property
+    def alpha(self) -> np.ndarray | None:
+        """``(H, W)`` alpha channel (a view) or None."""
+        return split_alpha(self.array)[1]
+
+    def info(self) -> dict:
+        """JSON-friendly description (no pixels) for run.json."""
+        return {
+            "format": self.format,
+            "source_mode": self.source_mode,
+            "shape": [self.height, self.width, self.channels],
+            "bit_depth": self.bit_depth,
+            "alpha": self.has_alpha,
+            "icc_profile": self.icc_profile is not None,
+            "orientation_applied": self.orientation_applied,
+            "notes": list(self.notes),
+        }
+
+
+def split_alpha(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(H, W, C)`` -> (colour ``(H, W, 1 or 3)``, alpha ``(H, W)`` or None); C 2 and 4 carry alpha."""
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"expected (H, W, C) with C in 1..4, found shape {array.shape}")
+    if array.shape[2] in (2, 4):
+        return array[..., :-1], array[..., -1]
+    return array, None
+
+
+def merge_alpha(color: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Inverse of :func:`split_alpha`; ``alpha`` must have ``color``'s height, width and dtype."""
+    if alpha is None:
+        return color
+    if alpha.shape != color.shape[:2] or alpha.dtype != color.dtype:
+        raise ValueError(f"alpha {alpha.shape} {alpha.dtype} does not match colour {color.shape} {color.dtype}")
+    return np.concatenate([color, alpha[..., None]], axis=2)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | os.PathLike, min_size: int | None = None) -> ImageData:
+    """Decode one PNG/JPEG/TIFF into an :class:`ImageData`; raise :class:`InputError` for a bad file.
+
+    ``min_size``: if given, both sides (after orientation) must be at least that many pixels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found; expected {EXPECTED}")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a file; expected {EXPECTED}")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes); expected {EXPECTED}")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:4] in _TIFF_MAGIC:
+        img = _read_tiff(path)
+    else:
+        img = _read_pillow(path, head)
+    h, w = img.array.shape[:2]
+    if h == 0 or w == 0 or (min_size is not None and min(h, w) < min_size):
+        raise InputError(
+            f"{path}: image too small: {h}x{w} pixels (height x width); "
+            f"expected at least {max(1, min_size or 1)} pixels on each side"
+        )
+    img.array = np.ascontiguousarray(img.array)
+    return img
+
+
+def _orient(array: np.ndarray, orientation, notes: list[str]) -> tuple[np.ndarray, int]:
+    try:
+        orientation = int(orientation or 1)
+    except (TypeError, ValueError):
+        orientation = 1
+    if orientation == 1:
+        return array, 1
+    if orientation not in _ORIENT:
+        notes.append(f"invalid EXIF orientation {orientation} ignored")
+        return array, 1
+    what, fn = _ORIENT[orientation]
+    notes.append(f"EXIF orientation {orientation} applied: {what}")
+    return fn(array), orientation
+
+
+def _decode_error(path: Path, fmt: str, e: Exception) -> InputError:
+    return InputError(
+        f"{path}: could not decode the {fmt} data (truncated or corrupt file?): {type(e).__name__}: {e}; "
+        f"expected {EXPECTED}"
+    )
+
+
+def _read_pillow(path: Path, head: bytes, fmt_hint: str | None = None, tiff_bits: int | None = None) -> ImageData:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise InputError(
+            f"{path}: not an image Pillow recognises; expected {EXPECTED}, found content starting with {head!r}"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a broken header
+        raise _decode_error(path, fmt_hint or "image", e) from None
+    with im:
+        fmt = im.format
+        if fmt == "MPO":
+            fmt = "JPEG"
+        if fmt not in FORMATS:
+            raise InputError(f"{path}: expected {EXPECTED}, found a {fmt} file")
+        notes: list[str] = []
+        named = SUFFIX_FORMAT.get(path.suffix.lower())
+        if named is not None and named != fmt:
+            notes.append(f"the content is {fmt} although the name ends in {path.suffix}")
+        if im.format == "MPO":
+            notes.append("multi-picture JPEG (MPO): the first (main) picture was read")
+        elif getattr(im, "n_frames", 1) > 1:
+            kind = "animated PNG" if fmt == "PNG" else f"multi-page {fmt}"
+            raise InputError(f"{path}: {kind} with {im.n_frames} frames/pages; expected one 2D image")
+        source_mode = im.mode
+        rawmode = im.tile[0].args if im.tile and fmt == "PNG" else None
+        try:
+            if fmt == "PNG" and rawmode in ("RGB;16B", "RGBA;16B", "LA;16B"):
+                array = _png16_colour(path, rawmode)
+                source_mode = {"RGB;16B": "RGB;16", "RGBA;16B": "RGBA;16", "LA;16B": "LA;16"}[rawmode]
+            else:
+                im.load()
+                array = None
+            orientation = im.getexif().get(0x0112, 1)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt data: OSError, SyntaxError, zlib.error, ...
+            raise _decode_error(path, fmt, e) from None
+        icc = im.info.get("icc_profile") or None
+        if array is None:
+            array, icc = _pillow_to_array(path, im, icc, notes)
+        if array.ndim == 2:
+            array = array[..., None]
+        if "transparency" in im.info and im.mode not in ("P", "PA") and array.shape[2] in (1, 3):
+            notes.append("colour-key transparency (tRNS) ignored: no alpha channel made")
+    if tiff_bits is not None and tiff_bits > 8 and array.dtype == np.uint8:
+        raise InputError(f"{path}: {tiff_bits}-bit TIFF could only be decoded at 8 bit here; expected lossless 16 bit")
+    array, orientation = _orient(array, orientation, notes)
+    depth = 16 if array.dtype == np.uint16 else 8
+    return ImageData(array, depth, str(path), fmt, icc, orientation, source_mode, notes)
+
+
+def _png16_colour(path: Path, rawmode: str) -> np.ndarray:
+    """Decode a 16-bit colour PNG bit-exactly with Pillow's own PNG decoder (see the module docstring)."""
+    from PIL import Image
+
+    def decode(raw: str) -> np.ndarray:
+        with Image.open(path) as im:
+            im.tile = [im.tile[0]._replace(args=raw)]
+            im.load()
+            return np.asarray(im)
+
+    if rawmode == "LA;16B":  # Pillow holds it as RGBA; unpacked as 8-bit RGBA the bytes are L_hi L_lo A_hi A_lo
+        b = decode("RGBA").astype(np.uint16)
+        return np.stack([b[..., 0] << 8 | b[..., 1], b[..., 2] << 8 | b[..., 3]], axis=-1)
+    hi = decode(rawmode)  # "RGB;16B" keeps the high byte of each big-endian sample
+    lo = decode(rawmode[:-1] + "L")  # the same bytes read as little-endian keep the low byte
+    return hi.astype(np.uint16) << 8 | lo
+
+
+def _pillow_to_array(path: Path, im, icc: bytes | None, notes: list[str]) -> tuple[np.ndarray, bytes | None]:
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        if mode == "L" and im.format == "PNG" and (bits := _png_bit_depth(path)) in (2, 4):
+            notes.append(f"{bits}-bit gray expanded to 8 bit")
+        return np.asarray(im), icc
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(im).astype(np.uint16), icc
+    if mode == "1":
+        notes.append("1-bit image converted to 8-bit gray (0/255)")
+        return np.asarray(im.convert("L")), icc
+    if mode in ("P", "PA"):
+        target = "RGBA" if (mode == "PA" or "transparency" in im.info or im.palette.mode == "RGBA") else "RGB"
+        notes.append(f"palette image converted to {target}")
+        return np.asarray(im.convert(target)), icc
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB (Pillow's plain formula, no colour management)")
+        if icc is not None and icc[16:20] == b"CMYK":
+            notes.append("the CMYK ICC profile was dropped: it does not describe the RGB result")
+            icc = None
+        return np.asarray(im.convert("RGB")), icc
+    if mode == "RGBX":
+        notes.append("RGBX padding byte dropped")
+        return np.asarray(im.convert("RGB")), icc
+    if mode in ("RGBa", "La"):
+        notes.append(f"premultiplied alpha ({mode}) converted to straight alpha")
+        return np.asarray(im.convert("RGBA" if mode == "RGBa" else "LA")), icc
+    if mode == "YCbCr":
+        notes.append("YCbCr converted to RGB")
+        return np.asarray(im.convert("RGB")), icc
+    raise InputError(
+        f"{path}: unsupported pixel mode {mode!r} ({_MODE_WORDS.get(mode, 'not 8/16-bit gray or RGB')}); "
+        f"expected {EXPECTED}"
+    )
+
+
+_MODE_WORDS = {"I": "32-bit integer", "F": "32-bit float", "LAB": "CIE L*a*b*", "HSV": "HSV"}
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _read_tiff(path: Path) -> ImageData:
+    import tifffile
+
+    notes: list[str] = []
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as e:  # noqa: BLE001 - broken header
+        raise _decode_error(path, "TIFF", e) from None
+    with tif:
+        try:
+            pages = [p for p in tif.pages if not getattr(p, "is_reduced", False)]
+        except Exception as e:  # noqa: BLE001
+            raise _decode_error(path, "TIFF", e) from None
+        if not pages:
+            raise InputError(f"{path}: TIFF without any image; expected {EXPECTED}")
+        if len(pages) > 1:
+            raise InputError(
+                f"{path}: multi-page TIFF with {len(pages)} pages (a 3D stack, a time series or several images); "
+                "expected one 2D image: save each image (or slice) as its own file"
+            )
+        page = pages[0]
+        if getattr(page, "imagedepth", 1) > 1 or "Z" in page.axes:
+            raise InputError(f"{path}: 3D TIFF volume of shape {page.shape} ({page.axes}); expected one 2D image")
+        photometric = int(page.photometric)
+        bits = int(page.bitspersample)
+        icc = _tiff_tag(page, 34675)
+        icc = bytes(icc) if icc else None
+        orientation = _tiff_tag(page, 274) or 1
+        P = tifffile.PHOTOMETRIC
+        simple = photometric in (P.MINISBLACK, P.MINISWHITE, P.RGB) and page.dtype in (np.uint8, np.uint16, np.bool_)
+        array = None
+        if simple and bits not in (1, 8, 16):
+            raise InputError(f"{path}: {bits}-bit TIFF samples; expected 8 or 16 bit (or 1-bit black and white)")
+        if simple:
+            try:
+                array = page.asarray()
+            except Exception as e:  # noqa: BLE001
+                if "imagecodecs" not in str(e):  # truncated or corrupt data
+                    raise _decode_error(path, "TIFF", e) from None
+                if bits > 8 and int(page.samplesperpixel) > 1:
+                    raise InputError(
+                        f"{path}: {bits}-bit {page.samplesperpixel}-channel TIFF with {page.compression.name} "
+                        "compression: tifffile decodes that only with the optional imagecodecs package, and Pillow "
+                        "reads 16-bit colour at 8 bit only; expected a losslessly readable 16-bit TIFF "
+                        "(re-save it uncompressed or with Deflate/ZIP compression)"
+                    ) from None
+                notes.append(f"read with Pillow: tifffile cannot decode {page.compression.name} without imagecodecs")
+        elif page.dtype not in (np.uint8, np.uint16, np.bool_) and photometric in (P.MINISBLACK, P.RGB):
+            raise InputError(
+                f"{path}: unsupported TIFF sample type {page.dtype} ({bits} bit); expected uint8 or uint16 samples"
+            )
+        extrasamples = tuple(int(e) for e in page.extrasamples)
+        axes = page.axes
+        shape = page.shape
+    if array is None:  # Pillow: palette, CMYK, YCbCr, LZW/JPEG/PackBits without imagecodecs
+        try:
+            img = _read_pillow(path, b"", fmt_hint="TIFF", tiff_bits=bits)
+        except InputError as e:
+            if notes:
+                raise InputError(f"{e} [{'; '.join(notes)}]") from None
+            raise
+        img.notes[:0] = notes
+        return img
+    if axes.startswith("S") and array.ndim == 3:  # planar configuration: (S, Y, X)
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise InputError(f"{path}: TIFF image of shape {shape} ({axes}); expected one 2D image")
+    if array.dtype == np.bool_:
+        notes.append("1-bit image converted to 8-bit gray (0/255)")
+        array = array.astype(np.uint8) * 255
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        notes.append("min-is-white TIFF inverted to min-is-black")
+        array = array.copy()
+        array[..., 0] = np.iinfo(array.dtype).max - array[..., 0]  # the gray sample; alpha stays
+    colour = 3 if photometric == tifffile.PHOTOMETRIC.RGB else 1
+    c = array.shape[2]
+    if c == colour + 1 and extrasamples and extrasamples[0] in (1, 2):
+        if extrasamples[0] == 1:
+            notes.append("associated (premultiplied) alpha kept as stored")
+    elif c > colour:
+        if c - colour == len(extrasamples) and all(e == 0 for e in extrasamples) and colour == 3:
+            notes.append(f"{c - colour} extra sample(s) of unspecified meaning dropped")
+            array = array[..., :colour]
+        else:
+            raise InputError(
+                f"{path}: TIFF with {c} samples per pixel ({'RGB' if colour == 3 else 'gray'} + extra "
+                f"{extrasamples}); expected gray, gray+alpha, RGB or RGBA"
+            )
+    elif c != colour:
+        raise InputError(f"{path}: TIFF with {c} samples per pixel for photometric {photometric}; expected {colour}")
+    source_mode = f"TIFF {'RGB' if colour == 3 else 'gray'}{'+alpha' if array.shape[2] in (2, 4) else ''} {bits}-bit"
+    array, orientation = _orient(array, orientation, notes)
+    depth = 16 if array.dtype == np.uint16 else 8
+    return ImageData(array, depth, str(path), "TIFF", icc, orientation, source_mode, notes)
+
+
+def _tiff_tag(page, code: int):
+    tag = page.tags.get(code)
+    return None if tag is None else tag.value
+
+
+# ----------------------------------------------------------------------------------- float conversion
+
+
+def to_float(array: np.ndarray) -> np.ndarray:
+    """uint8/uint16 ``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)`` on [0, 1] (divided by 255 or 65535)."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        top = np.float32(255.0)
+    elif array.dtype == np.uint16:
+        top = np.float32(65535.0)
+    else:
+        raise ValueError(f"to_float: expected uint8 or uint16, found {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"to_float: expected (H, W) or (H, W, C), found shape {array.shape}")
+    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / top
+
+
+def quantize(x, bit_depth: int = 8) -> np.ndarray:
+    """Float on [0, 1] -> uint8/uint16, layout kept: clip, ``* (2**bits - 1)`` in float32, round half to even.
+
+    The float32 arithmetic is that of BasicSR's ``tensor2img``, so 8-bit results match it exactly.
+    """
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, found {bit_depth}")
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().float().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("quantize: the image contains NaN or inf")
+    top = np.float32(255.0 if bit_depth == 8 else 65535.0)
+    return (np.clip(x, 0, 1) * top).round().astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def from_float(x, bit_depth: int = 8) -> np.ndarray:
+    """Float ``(C, H, W)`` (or ``(1, C, H, W)``, or ``(H, W)``) on [0, 1], numpy or torch -> ``(H, W, C)`` uint.
+
+    Values are clipped to [0, 1], scaled to 255 or 65535 and rounded (:func:`quantize`).
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy()
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim == 3:
+        x = x.transpose(1, 2, 0)
+    elif x.ndim != 2:
+        raise ValueError(f"from_float: expected (C, H, W), (1, C, H, W) or (H, W), found shape {x.shape}")
+    return np.ascontiguousarray(quantize(x, bit_depth))
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_image(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    icc_profile: bytes | None = None,
+    like: ImageData | None = None,
+) -> Path:
+    """Write ``(H, W[, C])`` uint8/uint16 ``array`` as PNG, TIFF or JPEG (by suffix), atomically.
+
+    ``like``: the :class:`ImageData` this output was made from; its ICC profile is used when
+    ``icc_profile`` is None, and its bit depth must match ``array``'s (restoration keeps bit depth).
+    Bad arguments raise ValueError; a failed write raises :class:`~imagingflows.tasks.write.WriteError`
+    and leaves neither a temp file nor a partial output behind.
+    """
+    path = Path(path)
+    fmt = SUFFIX_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; expected one of {sorted(SUFFIX_FORMAT)}")
+    array = np.asarray(array)
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2 and not array.dtype.isnative:
+        array = array.astype(np.uint16)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: expected a uint8 or uint16 array, found {array.dtype} (use from_float first)")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or 0 in array.shape:
+        raise ValueError(f"{path}: expected (H, W) or (H, W, C) with C in 1..4, found shape {array.shape}")
+    depth = 8 if array.dtype == np.uint8 else 16
+    if like is not None:
+        if like.bit_depth != depth:
+            raise ValueError(f"{path}: the input was {like.bit_depth}-bit but this array is {depth}-bit")
+        if icc_profile is None:
+            icc_profile = like.icc_profile
+    if icc_profile:
+        space = bytes(icc_profile[16:20])
+        want = (b"GRAY",) if array.shape[2] in (1, 2) else (b"RGB ",)
+        if space not in want:
+            raise ValueError(
+                f"{path}: the ICC profile describes {space.decode('latin-1').strip() or '?'} colour but the image has "
+                f"{array.shape[2]} channels; expected a {want[0].decode().strip()} profile"
+            )
+    if fmt == "JPEG" and (depth != 8 or array.shape[2] not in (1, 3)):
+        raise ValueError(f"{path}: JPEG holds 8-bit gray or RGB only, found {depth}-bit with {array.shape[2]} channels")
+    array = np.ascontiguousarray(array)
+    try:
+        with atomic_path(path) as tmp:
+            if fmt == "TIFF":
+                _write_tiff(tmp, array, icc_profile)
+            elif fmt == "PNG" and depth == 16:
+                tmp.write_bytes(encode_png16(array, icc_profile))
+            else:
+                _write_pillow(tmp, array, fmt, icc_profile)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise WriteError(f"{path}: could not write {array.shape} {array.dtype} as {fmt}: {e}") from e
+    return path
+
+
+def _write_pillow(tmp: Path, array: np.ndarray, fmt: str, icc: bytes | None) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    kwargs: dict = {"icc_profile": icc} if icc else {}
+    if fmt == "JPEG":
+        kwargs.update(quality=JPEG_QUALITY, subsampling=0)
+    im.save(tmp, format=fmt, **kwargs)
+
+
+def _write_tiff(tmp: Path, array: np.ndarray, icc: bytes | None) -> None:
+    import tifffile
+
+    c = array.shape[2]
+    tifffile.imwrite(
+        tmp,
+        array[..., 0] if c == 1 else array,
+        photometric="rgb" if c in (3, 4) else "minisblack",
+        extrasamples=["unassalpha"] if c in (2, 4) else None,
+        compression="zlib",
+        predictor=True,
+        iccprofile=icc,
+        metadata=None,
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> bytes:
+    """Encode ``(H, W, C)`` uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) as a 16-bit PNG.
+
+    Each row gets the PNG filter (None, Sub, Up, Average, Paeth) with the smallest sum of absolute
+    filtered bytes (libpng's heuristic); no interlace; the ICC profile, if any, goes into an iCCP chunk.
+    """
+    h, w, c = array.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    raw = np.ascontiguousarray(array.astype(">u2")).view(np.uint8).reshape(h, w * c * 2)
+    bpp = 2 * c
+    comp = zlib.compressobj(level)
+    parts = []
+    block = max(1, (1 << 21) // max(1, raw.shape[1]))  # ~2 MB of bytes per block keeps memory flat
+    prior = np.zeros(raw.shape[1], np.int16)
+    for r0 in range(0, h, block):
+        x = raw[r0 : r0 + block].astype(np.int16)
+        up = np.vstack([prior[None], x[:-1]])  # b: byte above
+        left = np.zeros_like(x)  # a: byte bpp to the left
+        left[:, bpp:] = x[:, :-bpp]
+        upleft = np.zeros_like(x)  # c
+        upleft[:, bpp:] = up[:, :-bpp]
+        p = left + up - upleft
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        cands = np.stack([x, x - left, x - up, x - ((left + up) >> 1), x - paeth]) & 0xFF  # (5, rows, bytes)
+        cost = np.where(cands < 128, cands, 256 - cands).sum(axis=2)  # |filtered byte| as signed
+        choice = cost.argmin(axis=0)
+        rows = np.take_along_axis(cands, choice[None, :, None], axis=0)[0].astype(np.uint8)
+        parts.append(comp.compress(np.hstack([choice.astype(np.uint8)[:, None], rows]).tobytes()))
+        prior = x[-1]
+    parts.append(comp.flush())
+    out = [_PNG_MAGIC, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))]
+    if icc_profile:
+        out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
+    out += [_png_chunk(b"IDAT", b"".join(parts)), _png_chunk(b"IEND", b"")]
+    return b"".join(out)
