@@ -49,8 +49,12 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size, spacing,
-                     axcodes, labels, device, anonymize, save_probabilities=False) -> dict:
+                     axcodes, labels, device, anonymize, save_probabilities=False, precision="auto",
+                     crop_foreground=True, skip_empty=True) -> dict:
     return {
+        "precision": precision,
+        "crop_foreground": crop_foreground,
+        "skip_empty": skip_empty,
         "save_probabilities": save_probabilities,
         "weights": str(weights) if weights else None,
         "arch": arch,
@@ -134,11 +138,16 @@ def segment(
     workers: int = typer.Option(1, min=1, help="Parallel items; torch threads are split between them."),
     anonymize: bool = typer.Option(False, help="Replace case ids by pseudonyms in outputs, logs and reports."),
     save_probabilities: bool = typer.Option(False, help="Also write <case>_probs.nii.gz (TC, WT, ET sigmoid)."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
+    crop_foreground: bool = typer.Option(True, help="Run windows only over the brain's bounding box."),
+    skip_empty: bool = typer.Option(True, help="Skip windows whose input is all background."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
 ) -> None:
     """Segment brain tumours (TC/WT/ET) in every case of a folder."""
     options = _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size,
-                               spacing, axcodes, labels, device, anonymize, save_probabilities)
+                               spacing, axcodes, labels, device, anonymize, save_probabilities, precision,
+                               crop_foreground, skip_empty)
     raise typer.Exit(_run_batch("segment", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 
@@ -159,6 +168,7 @@ def train(
     seed: int = typer.Option(0),
     lr: float = typer.Option(1e-3),
     batch_size: int = typer.Option(2),
+    tumour_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of training crops centred on tumour."),
     trust_checkpoint: bool = typer.Option(False),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -171,8 +181,8 @@ def train(
         "weights": str(weights) if weights else None, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
         "feature_size": feature_size, "roi": list(roi) if roi else None,
         "spacing": list(spacing) if spacing else None, "labels": labels, "val_fraction": val_fraction,
-        "seed": seed, "lr": lr, "batch_size": batch_size, "trust_checkpoint": trust_checkpoint,
-        "device": device, "quiet": quiet,
+        "seed": seed, "lr": lr, "batch_size": batch_size, "tumour_share": tumour_share,
+        "trust_checkpoint": trust_checkpoint, "device": device, "quiet": quiet,
     }
     try:
         summary = train_pipeline(pipeline, data, output, config)

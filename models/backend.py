@@ -17,6 +17,7 @@ import torch
 
 from imagingflows.models.checkpoints import Checkpoint, CheckpointError, load_strict, read_checkpoint
 from imagingflows.models.registry import REGISTRY, ModelSpec
+from imagingflows.models.sliding_window import WindowRun, resolve_precision, run_windows
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def sliding_window_predict(
+def predict_volume(
     model: LoadedModel,
     image: torch.Tensor,
     roi_size: Sequence[int],
@@ -181,20 +182,26 @@ def sliding_window_predict(
     sw_batch_size: int = 1,
     blend: str = "gaussian",
     postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    precision: str = "fp32",
+    crop_foreground: bool = False,
+    skip_empty: bool = False,
+    fill: float = 0.0,
     progress: bool = False,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, WindowRun]:
     """3D sliding-window inference with blended windows (MONAI ``sliding_window_inference``).
 
     Args:
         image: ``(B, C, D, H, W)`` float32 on the CPU; any spatial size (padded as needed).
         roi_size: window size, each a multiple of the spec's ``size_multiple``.
         postprocess: applied to each window's output before blending (e.g. ``torch.sigmoid``).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`.sliding_window`).
+        crop_foreground / skip_empty / fill: run only where the input is nonzero; the
+            output is ``fill`` elsewhere.
 
     Returns:
-        ``(B, C_out, D, H, W)`` float32 on the CPU, same spatial size as ``image``.
+        ``(B, C_out, D, H, W)`` float32 on the CPU, same spatial size as ``image``, and a
+        :class:`WindowRun` saying what ran (precision, windows, skipped windows, box).
     """
-    from monai.inferers import sliding_window_inference
-
     spec = model.spec
     bad = [r for r in roi_size if r % spec.size_multiple or r < spec.min_size]
     if bad:
@@ -204,27 +211,24 @@ def sliding_window_predict(
         )
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}")
-    net = model.module
+    out_channels = int(model.config.get("out_channels") or 0)
+    if skip_empty and not out_channels:
+        raise ValueError(f"skip_empty needs the output channel count, which {spec.name}'s config lacks")
+    return run_windows(
+        model.module, image, roi_size, out_channels, device=model.device, overlap=overlap,
+        sw_batch_size=sw_batch_size, blend=blend, postprocess=postprocess,
+        precision=resolve_precision(precision, model.device), crop_foreground=crop_foreground,
+        skip_empty=skip_empty, fill=fill, progress=progress,
+    )
 
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        y = net(x)
-        return postprocess(y) if postprocess else y
 
-    with torch.inference_mode():
-        return sliding_window_inference(
-            image,
-            roi_size=tuple(roi_size),
-            sw_batch_size=sw_batch_size,
-            predictor=predictor,
-            overlap=overlap,
-            mode=blend,
-            sw_device=model.device,
-            device=torch.device("cpu"),
-            progress=progress,
-        )
+def sliding_window_predict(model: LoadedModel, image: torch.Tensor, roi_size: Sequence[int], **options: Any):
+    """:func:`predict_volume` without the run record: ``(B, C_out, D, H, W)`` float32."""
+    return predict_volume(model, image, roi_size, **options)[0]
 
 
 __all__ = [
     "LoadedModel", "CheckpointError", "select_device", "configure_threads", "build_model",
-    "load_model", "load", "cached_model", "clear_cache", "sliding_window_predict", "demo_weights",
+    "load_model", "load", "cached_model", "clear_cache", "sliding_window_predict", "predict_volume",
+    "demo_weights",
 ]

@@ -54,7 +54,7 @@ FOREIGN_PROFILE = {"axcodes": "LPS", "spacing": None, "roi": [128, 128, 128], "c
 
 OUTPUT_CONFIG_KEYS = (
     "axcodes", "spacing", "roi", "overlap", "blend", "threshold", "labels", "sw_batch_size",
-    "model_overrides", "channels", "precision", "save_probabilities",
+    "model_overrides", "channels", "precision", "crop_foreground", "skip_empty", "save_probabilities",
 )
 
 
@@ -163,6 +163,7 @@ def prepare(config: dict) -> dict:
     """Load the model once (fails early on a bad checkpoint) and resolve the model frame."""
     from imagingflows.models import cached_model
     from imagingflows.models.backend import demo_weights
+    from imagingflows.models.sliding_window import resolve_precision
 
     cfg = dict(config)
     weights = cfg.get("weights") or str(demo_weights("swin_unetr_brats"))
@@ -193,7 +194,10 @@ def prepare(config: dict) -> dict:
     cfg.setdefault("threshold", 0.5)
     cfg.setdefault("labels", "2021")
     cfg.setdefault("sw_batch_size", 1)
-    cfg.setdefault("precision", "fp32")
+    # auto is resolved here, once, so run.json and the config hash name the path that ran
+    cfg["precision"] = resolve_precision(cfg.get("precision") or "auto", lm.device)
+    cfg.setdefault("crop_foreground", True)  # windows only over the brain's bounding box
+    cfg.setdefault("skip_empty", True)  # an all-background window is not run
     multiple = lm.spec.size_multiple
     if any(int(r) % multiple or int(r) < lm.spec.min_size for r in cfg["roi"]):
         raise ValueError(f"roi {cfg['roi']} must be multiples of {multiple} and >= {lm.spec.min_size}")
@@ -266,24 +270,26 @@ def detect_convention(labels: np.ndarray) -> str:
 
 # ----------------------------------------------------------------------------- process one case
 
-def predict_regions(vols: list[Volume], cfg: dict) -> np.ndarray:
-    """Region probabilities (3, X, Y, Z) float32 on the input grid."""
+def predict_regions(vols: list[Volume], cfg: dict) -> tuple[np.ndarray, dict]:
+    """Region probabilities (3, X, Y, Z) float32 on the input grid, and what the windows did."""
     import torch
 
-    from imagingflows.models import sliding_window_predict
+    from imagingflows.models.backend import predict_volume
 
     stack = np.stack([v.array for v in vols])
     frame = ModelFrame(cfg["axcodes"], tuple(cfg["spacing"]) if cfg.get("spacing") else None)
     img, geo = to_model_frame(stack, vols[0].affine, frame)
     x = normalize_nonzero(img)
-    probs = sliding_window_predict(
+    probs, run = predict_volume(
         _model(cfg), x.as_tensor()[None].float(), cfg["roi"], overlap=cfg["overlap"],
         sw_batch_size=cfg["sw_batch_size"], blend=cfg["blend"], postprocess=torch.sigmoid,
-    )[0]
-    back = from_model_frame(probs, img, geo)
+        precision=cfg.get("precision", "fp32"), crop_foreground=bool(cfg.get("crop_foreground")),
+        skip_empty=bool(cfg.get("skip_empty")),
+    )
+    back = from_model_frame(probs[0], img, geo)
     if back.shape[1:] != stack.shape[1:]:
         raise RuntimeError(f"inverse transform gave shape {back.shape[1:]}, input is {stack.shape[1:]}")
-    return back.astype(np.float32)
+    return back.astype(np.float32), run.as_dict()
 
 
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
@@ -297,7 +303,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     t_read = time.perf_counter()
     if _model(cfg).weights_sha256 != cfg.get("weights_sha256"):
         raise RuntimeError(f"weights file {cfg['weights']} changed during the run; rerun to use the new weights")
-    probs = predict_regions(vols, cfg)
+    probs, inference = predict_regions(vols, cfg)
     t_infer = time.perf_counter()
     brain = np.any(np.stack([v.array != 0 for v in vols]), axis=0)
     regions = (probs > cfg["threshold"]) & brain[None]
@@ -330,6 +336,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
             "read": round(t_read - t0, 3), "infer": round(t_infer - t_read, 3), "write": round(t_write - t_infer, 3),
         },
         "input_shape": list(ref.array.shape),
+        "inference": inference,
     }
 
 
