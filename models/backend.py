@@ -101,7 +101,11 @@ def build_model(
     if ckpt.ours:
         config = {**ckpt.config, **overrides}
     else:
-        config = {**spec.hparams_from_state_dict(ckpt.state_dict), **spec.foreign_defaults, **overrides}
+        try:
+            derived = spec.hparams_from_state_dict(ckpt.state_dict)
+        except (ValueError, KeyError, IndexError) as e:
+            raise CheckpointError(f"{ckpt.path}: not a {spec.name} checkpoint as far as its keys tell: {e}") from e
+        config = {**derived, **spec.foreign_defaults, **overrides}
     net = spec.build(**config)
     state = ckpt.state_dict
     omitted = ckpt.meta.get("omitted_buffers") or [] if ckpt.ours else []

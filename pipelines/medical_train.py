@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from imagingflows.pipelines import medical as seg
+from imagingflows.pipelines.train_common import cosine_lr, plot_curves as _plot, split_ids
 from imagingflows.tasks.ingest import InputError, Item
 
 log = logging.getLogger("imagingflows.train")
@@ -43,12 +44,7 @@ def find_training_cases(data_dir: Path) -> tuple[list[tuple[Item, Path]], list[t
     return pairs, errors
 
 
-def split_cases(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded shuffle, then the first ``val_fraction`` (at least one, if >1 case) for validation."""
-    order = sorted(ids)
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(order) * val_fraction)) if len(order) > 1 and val_fraction > 0 else 0
-    return sorted(order[n_val:]), sorted(order[:n_val])
+split_cases = split_ids  # the seeded split every training loop shares
 
 
 def load_case_in_frame(item: Item, ref_path: Path, profile: dict, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,11 +172,8 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
         t_epoch = time.perf_counter()
         losses = []
         for step in range(steps):
-            # cosine decay over the whole run, recomputed from the step so a resumed run with
-            # more epochs continues smoothly (floor 5% so late epochs still learn)
-            progress = (epoch * steps + step) / max(1, total_steps)
             for group in opt.param_groups:
-                group["lr"] = base_lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
+                group["lr"] = cosine_lr(base_lr, (epoch * steps + step) / max(1, total_steps))
             crops = [augment({"image": data[c][0], "label": data[c][1]})[0]
                      for c in (rng.choice(train_ids) for _ in range(batch))]
             x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(device)
@@ -190,7 +183,7 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss.detach().item())
         val = _validate(lm, [data[c] for c in val_ids], profile["roi"]) if val_ids else {}
         val_mean = float(np.mean(list(val.values()))) if val else float("nan")
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mean": val_mean,
@@ -216,25 +209,7 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
-    """Loss and validation Dice per epoch as a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from imagingflows.tasks.write import atomic_path
-
-    ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(ep, [h["loss"] for h in history], "k-o", ms=3)
-    a.set(xlabel="epoch", ylabel="train loss (Dice + BCE)", title="loss")
-    for r, c in zip(seg.REGIONS, ("tab:red", "tab:orange", "tab:blue")):
-        if f"val_{r}" in history[0]:
-            b.plot(ep, [h[f"val_{r}"] for h in history], "-o", ms=3, color=c, label=r)
-    b.set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1), title="validation Dice")
-    b.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
+    """Loss and validation Dice per region per epoch as a PNG (written atomically)."""
+    return _plot(history, path, loss_label="train loss (Dice + BCE)", ylabel="validation Dice", ylim=(0, 1),
+                 series={r: f"val_{r}" for r in seg.REGIONS},
+                 colors=dict(zip(seg.REGIONS, ("tab:red", "tab:orange", "tab:blue"))))

@@ -1,0 +1,277 @@
+"""Train or fine-tune the restore models (NAFNet for denoise/deblur, HAT for SR).
+
+Two kinds of data:
+
+* ``--data clean/``: clean images only; degraded/clean pairs are made on the fly from
+  random crops (flips and 90-degree rotations first): Gaussian noise of ``sigma`` (on
+  the 0-255 scale, clipped and rounded to 8 bit like a saved noisy image), a random
+  Gaussian or motion blur (kornia), or a bicubic downscale by ``scale`` (antialiased,
+  rounded to 8 bit).
+* ``--input degraded/ --reference clean/``: paired folders matched by file stem; crops
+  are taken at the same place (``scale`` times larger in the reference for SR).
+
+A seeded share of the images is held out for validation: each is degraded once with a
+fixed seed, restored whole, and scored with the BasicSR recipe (``tasks.evaluate``),
+next to the score of the degraded input itself (noisy or bicubic), so the gain in dB is
+measured every epoch. ``last.pt`` / ``best.pt`` are written atomically; a killed run
+resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagingflows.pipelines.train_common import cosine_lr, plot_curves, split_ids
+
+log = logging.getLogger("imagingflows.train")
+
+TASKS = ("denoise", "deblur", "sr")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SCRATCH = {  # small demo architectures (the official ones are far larger)
+    "nafnet": {"img_channel": 3, "width": 16, "middle_blk_num": 1, "enc_blk_nums": [1, 1, 2],
+               "dec_blk_nums": [1, 1, 1], "local_train_size": None},
+    "hat": {"in_chans": 3, "embed_dim": 48, "depths": [2, 2], "num_heads": [3, 3], "window_size": 8,
+            "mlp_ratio": 2.0, "upscale": 2},
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1]; gray replicated, alpha dropped."""
+    from imagingflows.tasks.image_io import read_image, to_float
+
+    img = read_image(path)
+    x = torch.from_numpy(to_float(img.color))
+    return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def quantize8(x: torch.Tensor) -> torch.Tensor:
+    """Clip to [0, 1] and round to the 8-bit grid (what a saved degraded image holds)."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def degrade(clean: torch.Tensor, task: str, *, sigma: float, scale: int, gen: torch.Generator) -> torch.Tensor:
+    """Degraded input for a clean batch ``(B, 3, H, W)``; SR returns ``(B, 3, H/scale, W/scale)``."""
+    if task == "denoise":
+        noise = torch.randn(clean.shape, generator=gen) * (sigma / 255.0)
+        return quantize8(clean + noise)
+    if task == "sr":
+        return quantize8(F.interpolate(clean, scale_factor=1 / scale, mode="bicubic", antialias=True,
+                                       align_corners=False))
+    if task == "deblur":
+        from kornia.filters import gaussian_blur2d, motion_blur
+
+        out = []
+        for img in clean:
+            if float(torch.rand((), generator=gen)) < 0.5:
+                s = 0.8 + 2.2 * float(torch.rand((), generator=gen))
+                out.append(gaussian_blur2d(img[None], (15, 15), (s, s), border_type="reflect"))
+            else:
+                length = 2 * int(torch.randint(2, 8, (), generator=gen)) + 1
+                angle = torch.rand(1, generator=gen) * 360
+                out.append(motion_blur(img[None], length, angle, torch.zeros(1), border_type="reflect"))
+        return quantize8(torch.cat(out))
+    raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+
+
+def random_pairs(pool: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, patch: int, task: str,
+                 cfg: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(degraded (B,3,p',p'), clean (B,3,P,P)) crops; P = patch in output pixels."""
+    scale = cfg["scale"] if task == "sr" else 1
+    cleans, inputs = [], []
+    for _ in range(batch):
+        clean, degraded = pool[int(torch.randint(len(pool), (), generator=gen))]
+        h, w = clean.shape[1:]
+        p = min(patch, h - h % scale, w - w % scale)
+        y = int(torch.randint(0, (h - p) // scale + 1, (), generator=gen)) * scale
+        x = int(torch.randint(0, (w - p) // scale + 1, (), generator=gen)) * scale
+        c = clean[:, y:y + p, x:x + p]
+        d = degraded[:, y // scale:(y + p) // scale, x // scale:(x + p) // scale] if degraded is not None else None
+        k, flip = int(torch.randint(4, (), generator=gen)), bool(torch.randint(2, (), generator=gen))
+        c = _orient(c, k, flip)
+        d = _orient(d, k, flip) if d is not None else None
+        cleans.append(c)
+        inputs.append(d)
+    clean_b = torch.stack(cleans)
+    if inputs[0] is None:
+        return degrade(clean_b, task, sigma=cfg["sigma"], scale=scale, gen=gen), clean_b
+    return torch.stack(inputs), clean_b
+
+
+def _orient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, dims=(1, 2))
+    return torch.flip(x, dims=(2,)) if flip else x
+
+
+# ----------------------------------------------------------------------------- loss / validation
+
+def loss_fn(name: str):
+    if name == "psnr":  # NAFNet's PSNRLoss: -10 log10(MSE), per image, averaged
+        return lambda y, t: 10 * torch.log10(((y - t) ** 2).mean(dim=(1, 2, 3)) + 1e-8).mean()
+    if name == "charbonnier":
+        return lambda y, t: torch.sqrt((y - t) ** 2 + 1e-6).mean()
+    if name == "l1":
+        return lambda y, t: (y - t).abs().mean()
+    raise ValueError(f"loss must be psnr, charbonnier or l1, got {name!r}")
+
+
+def baseline(degraded: torch.Tensor, task: str, scale: int, size: tuple[int, int]) -> torch.Tensor:
+    """What the input alone gives: itself, or bicubic upsampling for SR."""
+    if task != "sr":
+        return degraded
+    return F.interpolate(degraded, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def validate(net: torch.nn.Module, val: list[tuple[torch.Tensor, torch.Tensor]], task: str, scale: int) -> dict:
+    """Mean PSNR/SSIM (BasicSR recipe) of the network and of the degraded baseline."""
+    from imagingflows.tasks.evaluate import restore_metrics
+
+    net.eval()
+    rows = []
+    with torch.inference_mode():
+        for clean, degraded in val:
+            pred = net(degraded[None]).clamp(0, 1)[0]
+            base = baseline(degraded[None], task, scale, tuple(clean.shape[1:]))[0]
+            ref = clean.permute(1, 2, 0).numpy()
+            m = restore_metrics(pred.permute(1, 2, 0).numpy(), ref, task, scale)
+            b = restore_metrics(base.permute(1, 2, 0).numpy(), ref, task, scale)
+            rows.append((m["psnr"], m["ssim"], b["psnr"], b["ssim"]))
+    net.train()
+    psnr, ssim, bpsnr, bssim = np.mean(rows, axis=0)
+    return {"psnr": float(psnr), "ssim": float(ssim), "input_psnr": float(bpsnr), "input_ssim": float(bssim),
+            "gain_db": float(psnr - bpsnr), "recipe": m["recipe"]}
+
+
+# ----------------------------------------------------------------------------- training
+
+def _data(config: dict, data_dir: Path | None) -> tuple[dict[str, Path], dict[str, Path]]:
+    """{stem: clean path} and {stem: degraded path} (empty unless paired folders)."""
+    if config.get("input") and config.get("reference"):
+        ins = {p.stem: p for p in list_images(Path(config["input"]))}
+        refs = {p.stem: p for p in list_images(Path(config["reference"]))}
+        both = sorted(set(ins) & set(refs))
+        return {s: refs[s] for s in both}, {s: ins[s] for s in both}
+    found = list_images(Path(data_dir))
+    return {p.relative_to(data_dir).with_suffix("").as_posix(): p for p in found}, {}
+
+
+def _model(config: dict, task: str, device: torch.device):
+    from imagingflows.models.backend import LoadedModel, load
+    from imagingflows.models.registry import get_spec
+
+    arch = "hat" if task == "sr" else "nafnet"
+    if config.get("weights"):
+        lm = load(config["weights"], trust=bool(config.get("trust_checkpoint")), device=str(device))
+        if lm.spec.name != arch:
+            raise ValueError(f"{config['weights']}: a {lm.spec.name} checkpoint; task {task} trains {arch}")
+        return lm
+    spec = get_spec(arch)
+    cfg = {**SCRATCH[arch], **(config.get("arch_config") or {})}
+    if arch == "hat":
+        cfg["upscale"] = int(config.get("scale", 2))
+    return LoadedModel(spec.build(**cfg).to(device), spec, cfg, None, None, {}, device)
+
+
+def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
+    """Train; returns a summary (epochs, best PSNR and gain, checkpoint paths, split)."""
+    from imagingflows.models.backend import load, select_device
+    from imagingflows.models.checkpoints import save_checkpoint
+
+    task = config.get("task", "denoise")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    scale = int(config.get("scale", 2)) if task == "sr" else 1
+    cfg = {"sigma": float(config.get("sigma", 25.0)), "scale": scale}
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_paths, degraded_paths = _data(config, data_dir)
+    if len(clean_paths) < 2:
+        raise ValueError(f"{data_dir or config.get('reference')}: need at least 2 images to train, "
+                         f"found {len(clean_paths)}")
+    device = select_device(config.get("device", "cpu"))
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(seed)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    state = None
+    if last_path.is_file():
+        lm = load(last_path, device=str(device))
+        state = lm.meta.get("train_state")
+    else:
+        lm = _model(config, task, device)
+    if task == "sr" and lm.config.get("upscale") != scale:
+        raise ValueError(f"the model upscales x{lm.config.get('upscale')}, --scale is {scale}")
+
+    train_ids, val_ids = (state["split"]["train"], state["split"]["val"]) if state else \
+        split_ids(list(clean_paths), float(config.get("val_fraction", 0.2)), seed)
+    pool = [(load_rgb(clean_paths[i]), load_rgb(degraded_paths[i]) if degraded_paths else None) for i in train_ids]
+    val_gen = torch.Generator().manual_seed(10_000 + seed)
+    val = []
+    for i in val_ids:
+        clean = load_rgb(clean_paths[i])
+        if task == "sr":  # whole image divisible by the scale
+            clean = clean[:, : clean.shape[1] - clean.shape[1] % scale, : clean.shape[2] - clean.shape[2] % scale]
+        deg = load_rgb(degraded_paths[i]) if degraded_paths else \
+            degrade(clean[None], task, sigma=cfg["sigma"], scale=scale, gen=val_gen)[0]
+        val.append((clean, deg))
+
+    net = lm.module.to(device).train()
+    epochs, steps = int(config.get("epochs", 10)), int(config.get("steps_per_epoch") or 100)
+    batch, patch = int(config.get("batch_size", 8)), int(config.get("patch", 64))
+    base_lr = float(config.get("lr", 1e-3))
+    opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=0.0, betas=(0.9, 0.9))
+    criterion = loss_fn(config.get("loss", "psnr"))
+    history: list[dict] = state["history"] if state else []
+    start = state["epoch"] if state else 0
+    if state:
+        opt.load_state_dict(state["optimizer"])
+    best = max((h["val_psnr"] for h in history), default=-np.inf)
+    gen = torch.Generator().manual_seed(seed * 1000 + start)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        losses = []
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(base_lr, (epoch * steps + step) / max(1, epochs * steps))
+            x, y = random_pairs(pool, batch, patch, task, cfg, gen)
+            loss = criterion(net(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+            opt.step()
+            losses.append(loss.detach().item())
+        v = validate(net, val, task, scale) if val else {}
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1),
+                        "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v[k] for k in v if k != "recipe"}})
+        log.info("epoch %d/%d loss %.4f val PSNR %.2f dB (input %.2f dB, gain %+.2f dB)", epoch + 1, epochs,
+                 history[-1]["loss"], v.get("psnr", np.nan), v.get("input_psnr", np.nan), v.get("gain_db", np.nan))
+        split = {"train": train_ids, "val": val_ids, "seed": seed}
+        meta = {"profile": {"task": task, "scale": scale, "sigma": cfg["sigma"] if task == "denoise" else None},
+                "history": history, "split": split, "recipe": v.get("recipe"),
+                "data": str(data_dir or config.get("reference"))}
+        if v and v["psnr"] > best:
+            best = v["psnr"]
+            save_checkpoint(best_path, net, arch=lm.spec.name, config=lm.config, meta=meta)
+        save_checkpoint(last_path, net, arch=lm.spec.name, config=lm.config, meta={**meta, "train_state": {
+            "epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history, "split": split}})
+        plot_curves(history, run_dir / "training_curve.png", loss_label=f"train loss ({config.get('loss', 'psnr')})",
+                    series={"PSNR": "val_psnr", "input PSNR": "val_input_psnr"}, ylabel="validation PSNR (dB)")
+    last = history[-1] if history else {}
+    return {
+        "epochs_done": len(history), "best_psnr": round(best, 3) if np.isfinite(best) else None,
+        "gain_db": round(last.get("val_gain_db", np.nan), 3) if history else None,
+        "best_checkpoint": str(best_path if best_path.is_file() else last_path), "last_checkpoint": str(last_path),
+        "history": history, "split": {"train": train_ids, "val": val_ids, "seed": seed}, "errors": [],
+        "model": {"arch": lm.spec.name, "config": lm.config},
+    }

@@ -1,0 +1,57 @@
+"""Pieces every training loop shares: the seeded split, the LR schedule, the curve PNG."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+
+def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded shuffle, then the first ``val_fraction`` (at least one, if >1 id) for validation."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * val_fraction)) if len(order) > 1 and val_fraction > 0 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def cosine_lr(base_lr: float, progress: float, floor: float = 0.05) -> float:
+    """Cosine decay over the whole run from the step's position in it (``progress`` in [0, 1]).
+
+    Recomputed from the step, so a resumed run with more epochs continues smoothly; the
+    floor keeps late epochs learning.
+    """
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def plot_curves(history: list[dict], path: Path, *, loss_label: str, series: dict[str, str], ylabel: str,
+                ylim: tuple[float, float] | None = None, colors: dict[str, str] | None = None) -> Path:
+    """Loss and validation curves per epoch as a PNG (written atomically).
+
+    ``series``: legend label -> history key, drawn when the key is present.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from imagingflows.tasks.write import atomic_path
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(ep, [h["loss"] for h in history], "k-o", ms=3)
+    a.set(xlabel="epoch", ylabel=loss_label, title="loss")
+    for label, key in series.items():
+        if history and key in history[0]:
+            b.plot(ep, [h.get(key, np.nan) for h in history], "-o", ms=3, label=label,
+                   color=(colors or {}).get(label))
+    b.set(xlabel="epoch", ylabel=ylabel, title="validation")
+    if ylim:
+        b.set_ylim(*ylim)
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

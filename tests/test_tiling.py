@@ -1,0 +1,193 @@
+"""2D tiled inference (models/tiling.py): exact where it should be, close for real networks, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from imagingflows.models import hat, nafnet
+from imagingflows.models.tiling import TileRun, net_alignment, predict_tiles, tile_spans
+
+
+def _pointwise(cin: int = 3, cout: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(cin, cout, 1).eval()
+
+
+def _tiny_hat() -> nn.Module:
+    torch.manual_seed(0)
+    tiny = {"embed_dim": 24, "depths": [2], "num_heads": [2], "window_size": 8, "squeeze_factor": 8, "upscale": 2}
+    return hat.build(**{**hat.SPEC.default_config, **tiny}).eval()
+
+
+def _tiny_nafnet() -> nn.Module:
+    """Random tiny NAFNet; beta/gamma (zero at init, which makes every block the identity) randomised too."""
+    torch.manual_seed(0)
+    tiny = {"width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}
+    net = nafnet.build(**{**nafnet.SPEC.default_config, **tiny}).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+    return net
+
+
+def _image(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, c), dtype=np.float32)
+
+
+def _whole(net: nn.Module, image: np.ndarray) -> np.ndarray:
+    """Reference: one plain forward of the whole float image, ``(H*s, W*s, C)`` float32."""
+    with torch.inference_mode():
+        y = net(torch.from_numpy(image).permute(2, 0, 1)[None])
+    return y[0].permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("n,tile,overlap,align", [(1, 8, 2, 1), (8, 8, 2, 1), (9, 8, 2, 1), (100, 48, 16, 1),
+                                                  (97, 50, 15, 8), (2048, 512, 32, 16), (300, 64, 0, 1)])
+def test_spans_partition_the_axis_with_context_and_aligned_origins(n, tile, overlap, align):
+    spans = tile_spans(n, tile, overlap, align)
+    assert spans[0][2] == 0 and spans[-1][3] == n
+    for (lo, hi, klo, khi), nxt in zip(spans, spans[1:] + [None]):
+        assert 0 <= lo <= klo < khi <= hi <= n and hi - lo <= tile and lo % align == 0
+        assert klo - lo >= overlap or lo == 0  # context on the left, or the image border
+        assert hi - khi >= overlap or hi == n  # context on the right, or the image border
+        if nxt is not None:
+            assert nxt[2] == khi  # kept ranges are contiguous and disjoint
+    assert len(spans) == 1 or n > tile
+
+
+def test_pointwise_net_tiled_equals_whole_exactly():
+    net, img = _pointwise(3, 5), _image(70, 53)
+    y, run = predict_tiles(net, img, tile=16, overlap=4)
+    assert run.tiles == 8 * 6 and not run.whole
+    assert y.shape == (70, 53, 5) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, _whole(net, img))
+
+
+def test_local_net_is_exact_when_receptive_field_fits_in_overlap():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1)).eval()  # radius 2
+    img = _image(41, 37)
+    y, _ = predict_tiles(net, img, tile=12, overlap=2)
+    np.testing.assert_allclose(y, _whole(net, img), rtol=0, atol=1e-6)
+
+
+def test_hat_x2_tiled_close_to_whole():
+    """Tiny random HAT x2 on 96x80 at tile 48 / overlap 16 (8 kept pixels of margin beyond a window).
+
+    Measured max |tiled - whole|: about 4e-7 here (2.6e-6 on a smooth image; 3e-6 at tile 64 /
+    overlap 16 and 9e-7 at tile 128 / overlap 32 on 256x256). What differs is only HAT's
+    channel attention, a mean over the tile instead of the image, damped by conv_scale 0.01;
+    1e-4 leaves ~25x headroom over float32 noise and stays 10x under the 1e-3 goal.
+    """
+    net, img = _tiny_hat(), _image(96, 80)
+    assert net_alignment(net) == 8
+    y, run = predict_tiles(net, img, scale=2, tile=48, overlap=16)
+    diff = float(np.abs(y - _whole(net, img)).max())
+    print(f"HAT x2 tiny, 96x80, tile 48 / overlap 16, {run.tiles} tiles: max |tiled - whole| = {diff:.2e}")
+    assert y.shape == (192, 160, 3) and run.tiles == 12
+    assert diff < 1e-4
+
+
+def test_off_grid_tiles_would_change_hat_so_origins_are_aligned():
+    net, img = _tiny_hat(), _image(96, 80)
+    whole = _whole(net, img)
+    aligned, _ = predict_tiles(net, img, scale=2, tile=50, overlap=15)  # step 20 -> 16, origins on the 8-grid
+    off_grid, _ = predict_tiles(net, img, scale=2, tile=50, overlap=15, align=1)  # origins 20, 40, ...
+    assert np.abs(aligned - whole).max() < 1e-4
+    assert np.abs(off_grid - whole).max() > 1e-2
+
+
+def test_nafnet_tiled_psnr_and_whole_switch():
+    net, img = _tiny_nafnet(), _image(64, 64)
+    assert net_alignment(net) == 4
+    whole = _whole(net, img)
+    y, run = predict_tiles(net, img, tile=32, overlap=8)
+    psnr = 10 * np.log10(1 / np.mean((y.astype(np.float64) - whole) ** 2))
+    print(f"NAFNet tiny, 64x64, tile 32 / overlap 8, {run.tiles} tiles: PSNR tiled vs whole = {psnr:.1f} dB")
+    assert run.tiles == 9 and not run.whole and psnr > 50  # global pooling: close, not exact
+    y, run = predict_tiles(net, img, tile=32, overlap=8, whole_max_pixels=64 * 64)
+    assert run.whole and run.tiles == 1
+    np.testing.assert_array_equal(y, whole)
+    _, run = predict_tiles(net, img, tile=32, overlap=8, whole_max_pixels=64 * 64 - 1)
+    assert not run.whole and run.tiles == 9
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_images_keep_dtype_and_scale_shape(dtype):
+    info = np.iinfo(dtype)
+    img = np.random.default_rng(1).integers(0, info.max, (45, 38, 3), dtype=dtype, endpoint=True)
+    y, run = predict_tiles(nn.Identity(), img, tile=16, overlap=3)
+    assert y.dtype == dtype and run.tiles > 1
+    np.testing.assert_array_equal(y, img)  # /max, *max, rint: an exact round trip
+    y, _ = predict_tiles(nn.Upsample(scale_factor=2, mode="nearest"), img, scale=2, tile=16, overlap=3)
+    assert y.shape == (90, 76, 3) and y.dtype == dtype
+    np.testing.assert_array_equal(y, img.repeat(2, 0).repeat(2, 1))
+    y, _ = predict_tiles(nn.Identity(), img, tile=16, overlap=3, out_dtype=np.float32)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, img / info.max, rtol=0, atol=1e-7)
+
+
+def test_integer_output_is_clipped_and_float_output_is_not():
+    img = np.array([[[-0.5], [0.25], [1.5]]], dtype=np.float32)  # (1, 3, 1)
+    y, _ = predict_tiles(nn.Identity(), img, out_dtype=np.uint8)
+    assert y.ravel().tolist() == [0, 64, 255]  # rint(0.25 * 255) = rint(63.75)
+    y, _ = predict_tiles(nn.Identity(), img)
+    np.testing.assert_array_equal(y, img)
+
+
+def test_small_image_is_one_forward_and_run_record_is_json():
+    y, run = predict_tiles(_pointwise(), _image(20, 30), tile=32, overlap=8, precision="bf16")
+    assert run.tiles == 1 and run.whole and run.precision == "bf16" and y.shape == (20, 30, 3)
+    record = json.loads(json.dumps(run.as_dict()))
+    assert set(record) == {"tiles", "tile", "overlap", "whole", "precision", "seconds"}
+    assert isinstance(run, TileRun)
+
+
+def test_memory_is_bounded_by_the_tile():
+    """2048x2048x3 uint16 (24 MB; a float32 copy would be 48 MB): numpy's peak beyond the output stays tile-sized."""
+    img = np.random.default_rng(2).integers(0, 65535, (2048, 2048, 3), dtype=np.uint16)
+    tile_bytes = 256 * 256 * 3 * 4  # one float32 tile, 0.75 MB
+    tracemalloc.start()
+    try:
+        y, run = predict_tiles(_pointwise(), img, tile=256, overlap=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    extra = peak - y.nbytes
+    print(f"2048x2048x3 uint16, {run.tiles} tiles: traced peak {peak / 2**20:.1f} MB, "
+          f"beyond the output {extra / 2**20:.2f} MB")
+    assert y.dtype == np.uint16 and y.shape == img.shape and run.tiles == 81
+    assert extra < 16 * tile_bytes  # 12 MB: well under one whole-image float copy
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tile": 32, "overlap": 16}, "larger than 2 \\* overlap"),
+    ({"tile": 0}, "tile must be"),
+    ({"overlap": -1}, "overlap must be"),
+    ({"scale": 0}, "scale must be"),
+    ({"tile": 2.5}, "tile must be"),
+    ({"out_dtype": np.int16}, "out_dtype"),
+    ({"whole_max_pixels": -1}, "whole_max_pixels"),
+    ({"align": 0}, "align must be"),
+    ({"tile": 20, "overlap": 8, "align": 8}, "at least the network's grid"),
+    ({"precision": "fp64"}, "precision"),
+    ({"precision": "fp16"}, "CUDA"),
+    ({"scale": 2}, "is scale=2 right"),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        predict_tiles(_pointwise(), _image(40, 40), **kwargs)
+
+
+@pytest.mark.parametrize("image", [np.zeros((8, 8), np.float32), np.zeros((8, 8, 3), np.int16),
+                                   np.zeros((0, 8, 3), np.uint8), [[[0.0]]]])
+def test_bad_images_raise_value_error(image):
+    with pytest.raises(ValueError, match="image"):
+        predict_tiles(_pointwise(), image)
