@@ -211,13 +211,22 @@ def build(
 DETECT_KEYS = ("intro.weight", "ending.weight", "downs.0.weight", "ups.0.0.weight")
 
 
+# Official releases whose test configs run NAFNetLocal (GoPro and REDS deblurring, width 64,
+# trained on 256 x 256 crops): a foreign checkpoint with this layout gets that variant.
+LOCAL_RELEASES = {((1, 1, 1, 28), 1, (1, 1, 1, 1)): [256, 256]}
+
+
 def _count(sd: Mapping[str, Any], pattern: str) -> int:
     """Number of distinct integers ``N`` in keys matching ``pattern`` (a regex with one group)."""
     return len({m.group(1) for k in sd if (m := re.fullmatch(pattern, k))})
 
 
 def hparams_from_state_dict(sd: Mapping[str, Any]) -> dict:
-    """Constructor arguments from key names and shapes (``local_train_size`` is not in the weights)."""
+    """Constructor arguments from key names and shapes.
+
+    ``local_train_size`` is not in the weights: it is the official release's test setting
+    for the GoPro/REDS layout (:data:`LOCAL_RELEASES`), else None (global pooling).
+    """
     missing = [k for k in DETECT_KEYS if k not in sd]
     if missing:
         others = sorted(k for k in sd if not re.match(r"(intro|ending|encoders|downs|middle_blks|ups|decoders)\.", k))
@@ -231,12 +240,16 @@ def hparams_from_state_dict(sd: Mapping[str, Any]) -> dict:
     if levels != ups:
         raise ValueError(f"NAFNet state dict has {levels} 'downs.N.weight' keys but {ups} 'ups.N.0.weight' keys; "
                          "expected as many")
+    enc = [_count(sd, rf"encoders\.{i}\.(\d+)\.conv1\.weight") for i in range(levels)]
+    dec = [_count(sd, rf"decoders\.{i}\.(\d+)\.conv1\.weight") for i in range(levels)]
+    middle = _count(sd, r"middle_blks\.(\d+)\.conv1\.weight")
     return {
         "img_channel": int(intro.shape[1]),
         "width": int(intro.shape[0]),
-        "middle_blk_num": _count(sd, r"middle_blks\.(\d+)\.conv1\.weight"),
-        "enc_blk_nums": [_count(sd, rf"encoders\.{i}\.(\d+)\.conv1\.weight") for i in range(levels)],
-        "dec_blk_nums": [_count(sd, rf"decoders\.{i}\.(\d+)\.conv1\.weight") for i in range(levels)],
+        "middle_blk_num": middle,
+        "enc_blk_nums": enc,
+        "dec_blk_nums": dec,
+        "local_train_size": LOCAL_RELEASES.get((tuple(enc), middle, tuple(dec))),
     }
 
 
@@ -247,7 +260,7 @@ SPEC = ModelSpec(
                     "dec_blk_nums": [2, 2, 2, 2], "local_train_size": None},
     detect_keys=DETECT_KEYS,
     hparams_from_state_dict=hparams_from_state_dict,
-    foreign_defaults={"local_train_size": None},
+    foreign_defaults={},  # local_train_size comes from the release layout (hparams_from_state_dict)
     variant_keys=("local_train_size",),
     spatial_dims=2,
     size_multiple=1,  # pads itself (zeros, right/bottom) to 2 ** levels and crops back
