@@ -1,8 +1,11 @@
 """``run-flow``: one CLI for every pipeline and verb.
 
     run-flow segment --input scans/ --output out/          # run a batch
+    run-flow restore --task denoise --input photos/ --output clean/
+    run-flow restore --task sr --scale 2 --input small/ --output big/ --weights HAT_SRx2.pth
     run-flow train segment --data cases/ --output runs/x   # fine-tune / train
     run-flow evaluate segment --input cases/ --reference refs/ --output ev/
+    run-flow evaluate restore --task sr --scale 2 --input lr/ --reference gt/ --output ev/
     run-flow serve segment --cron "0 2 * * *" --input scans/ --output out/
     run-flow models                                        # registered architectures
 
@@ -40,6 +43,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 Roi = Optional[tuple[int, int, int]]
+Size2 = Optional[tuple[int, int]]
 Spacing = Optional[tuple[float, float, float]]
 
 
@@ -68,6 +72,21 @@ def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overla
         "labels": labels,
         "device": device,
         "anonymize": anonymize,
+    }
+
+
+def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
+                     device) -> dict:
+    return {
+        "task": task,
+        "scale": scale,
+        "weights": str(weights) if weights else None,
+        "trust_checkpoint": trust_checkpoint,
+        "tile": tile,
+        "overlap": overlap,
+        "nafnet_local": list(nafnet_local) if nafnet_local else None,
+        "precision": precision,
+        "device": device,
     }
 
 
@@ -153,72 +172,143 @@ def segment(
 
 
 @app.command()
+def restore(
+    task: str = typer.Option(..., help="denoise, deblur (NAFNet) or sr (HAT super-resolution)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of PNG/JPEG/TIFF images (searched recursively)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (mirrors the input tree)."),
+    scale: Optional[int] = typer.Option(None, min=1, help="SR factor (default: the checkpoint's; 2 for demo weights)."),
+    weights: Optional[Path] = typer.Option(
+        None, help="Checkpoint: official NAFNet/HAT release files or ours. Default: demo weights for the task."),
+    trust_checkpoint: bool = typer.Option(False, help="Allow a full (unsafe) unpickle of a trusted legacy file."),
+    tile: int = typer.Option(512, min=1, help="Tile side in input pixels, context included."),
+    overlap: int = typer.Option(32, min=0, help="Context pixels on each side of a tile's kept centre."),
+    nafnet_local: Size2 = typer.Option(
+        None, help="NAFNetLocal: the training patch size H W (official GoPro/REDS deblur files get 256 256 "
+                   "by default); 0 0 for plain NAFNet (global pooling)."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, help="Skip images whose outputs and hashes are up to date."),
+    runner: str = typer.Option("thread", help="thread, process or dask[=tcp://host:8786]."),
+    workers: int = typer.Option(1, min=1, help="Parallel images; torch threads are split between them."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
+) -> None:
+    """Restore images (denoise, deblur, super-resolve); same bit depth, alpha and ICC profile kept."""
+    options = _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
+                               device)
+    raise typer.Exit(_run_batch("restore", input, output, options, resume=resume, runner=runner,
+                                workers=workers, quiet=quiet))
+
+
+@app.command()
 def train(
-    pipeline: str = typer.Argument(..., help="Pipeline to train (segment)."),
-    data: Path = typer.Option(..., "--data", help="Training cases with references (<case>_seg.nii.gz)."),
+    pipeline: str = typer.Argument(..., help="Pipeline to train (segment, restore)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="segment: cases with references (<case>_seg.nii.gz); restore: clean images."),
     output: Path = typer.Option(..., "--output", "-o", help="Run folder: checkpoints, curves, run.json."),
     weights: Optional[Path] = typer.Option(None, help="Start from these weights (fine-tune)."),
     epochs: int = typer.Option(10, min=1),
-    steps_per_epoch: int = typer.Option(0, help="Optimiser steps per epoch (0: one per training case)."),
-    feature_size: int = typer.Option(12, help="Swin UNETR width when training from scratch (multiple of 12)."),
-    roi: Roi = typer.Option(None, help="Training crop size (multiples of 32)."),
-    spacing: Spacing = typer.Option(None, help="Model spacing in mm (default 2 2 2 from scratch)."),
-    labels: str = typer.Option("auto", help="Reference label convention: 2021, 2023 or auto (from values)."),
-    val_fraction: float = typer.Option(0.2, help="Share of cases held out for validation."),
+    steps_per_epoch: int = typer.Option(0, help="Optimiser steps per epoch (0: segment one per case, restore 100)."),
+    val_fraction: float = typer.Option(0.2, help="Share of cases/images held out for validation."),
     seed: int = typer.Option(0),
     lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(2),
-    tumour_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of training crops centred on tumour."),
+    batch_size: int = typer.Option(0, help="Crops per step (0: segment 2, restore 8)."),
+    feature_size: int = typer.Option(12, help="segment: Swin UNETR width from scratch (multiple of 12)."),
+    roi: Roi = typer.Option(None, help="segment: training crop size (multiples of 32)."),
+    spacing: Spacing = typer.Option(None, help="segment: model spacing in mm (default 2 2 2 from scratch)."),
+    labels: str = typer.Option("auto", help="segment: reference labels 2021, 2023 or auto (from values)."),
+    tumour_share: float = typer.Option(0.5, min=0.0, max=1.0, help="segment: share of crops centred on tumour."),
+    task: str = typer.Option("denoise", help="restore: denoise, deblur or sr."),
+    scale: int = typer.Option(2, help="restore: SR scale."),
+    sigma: float = typer.Option(25.0, help="restore denoise: Gaussian noise sigma on the 0-255 scale."),
+    patch: int = typer.Option(64, help="restore: training crop side (output pixels)."),
+    loss: str = typer.Option("psnr", help="restore: psnr, charbonnier or l1."),
+    input: Optional[Path] = typer.Option(None, "--input", help="restore: degraded images (paired with --reference)."),
+    reference: Optional[Path] = typer.Option(None, help="restore: clean images matching --input by name."),
     trust_checkpoint: bool = typer.Option(False),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train or fine-tune a pipeline's model on your own cases (resumes from the run folder)."""
+    """Train or fine-tune a pipeline's model on your own data (resumes from the run folder)."""
     from imagingflows.flows.runners import UsageError
     from imagingflows.flows.train import train_pipeline
 
     config = {
         "weights": str(weights) if weights else None, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-        "feature_size": feature_size, "roi": list(roi) if roi else None,
-        "spacing": list(spacing) if spacing else None, "labels": labels, "val_fraction": val_fraction,
-        "seed": seed, "lr": lr, "batch_size": batch_size, "tumour_share": tumour_share,
-        "trust_checkpoint": trust_checkpoint, "device": device, "quiet": quiet,
+        "val_fraction": val_fraction, "seed": seed, "lr": lr, "trust_checkpoint": trust_checkpoint,
+        "device": device, "quiet": quiet,
     }
+    if pipeline == "restore":
+        if data is None and not (input and reference):
+            _fail("train restore needs --data clean/ (pairs made on the fly) or --input degraded/ --reference clean/")
+        config.update(task=task, scale=scale, sigma=sigma, patch=patch, loss=loss, batch_size=batch_size or 8,
+                      steps_per_epoch=steps_per_epoch or 100,
+                      input=str(input) if input else None, reference=str(reference) if reference else None)
+    else:
+        if data is None:
+            _fail(f"train {pipeline} needs --data")
+        config.update(feature_size=feature_size, roi=list(roi) if roi else None,
+                      spacing=list(spacing) if spacing else None, labels=labels, tumour_share=tumour_share,
+                      batch_size=batch_size or 2)
     try:
-        summary = train_pipeline(pipeline, data, output, config)
+        summary = train_pipeline(pipeline, data if data is not None else reference, output, config)
     except UsageError as e:
         _fail(str(e))
     if not quiet:
-        err.print(f"train {pipeline}: {summary.get('epochs_done')} epochs, best validation Dice "
-                  f"{summary.get('best_dice')} -> {summary.get('best_checkpoint')}", highlight=False)
+        best = (f"best validation PSNR {summary.get('best_psnr')} dB (gain {summary.get('gain_db')} dB)"
+                if "best_psnr" in summary else f"best validation Dice {summary.get('best_dice')}")
+        err.print(f"train {pipeline}: {summary.get('epochs_done')} epochs, {best} -> "
+                  f"{summary.get('best_checkpoint')}", highlight=False)
 
 
 @app.command()
 def evaluate(
-    pipeline: str = typer.Argument(..., help="Pipeline to evaluate (segment)."),
+    pipeline: str = typer.Argument(..., help="Pipeline to evaluate (segment, restore)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Inputs to run the pipeline on."),
-    reference: Optional[Path] = typer.Option(None, help="References (default: the seg files inside --input)."),
+    reference: Optional[Path] = typer.Option(
+        None, help="References (segment default: the seg files inside --input; restore: required)."),
     predictions: Optional[Path] = typer.Option(None, help="Score these existing outputs instead of running."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for outputs, metrics.json and the report."),
     weights: Optional[Path] = typer.Option(None),
     trust_checkpoint: bool = typer.Option(False),
-    patch_merging: Optional[str] = typer.Option(None),
-    roi: Roi = typer.Option(None),
-    overlap: float = typer.Option(0.5),
+    patch_merging: Optional[str] = typer.Option(None, help="segment only."),
+    roi: Roi = typer.Option(None, help="segment only."),
+    overlap: Optional[float] = typer.Option(
+        None, help="segment: window overlap in [0, 1) (default 0.5); restore: tile context in pixels (default 32)."),
+    task: Optional[str] = typer.Option(
+        None, help="restore: denoise, deblur or sr (with --predictions, default: the run.json of that folder)."),
+    scale: Optional[int] = typer.Option(None, min=1, help="restore --task sr: the factor (border crop = scale)."),
+    tile: int = typer.Option(512, min=1, help="restore: tile side in input pixels."),
+    nafnet_local: Size2 = typer.Option(None, help="restore: NAFNetLocal training patch size H W."),
+    precision: str = typer.Option("auto", help="restore: auto, fp32, bf16 or fp16 (CUDA)."),
     device: str = typer.Option("auto"),
     resume: bool = typer.Option(False),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Score a pipeline against references (Dice and HD95 per region for segment)."""
+    """Score a pipeline against references (Dice/HD95 per region for segment, PSNR/SSIM for restore)."""
     from imagingflows.flows.evaluate import evaluate_pipeline
     from imagingflows.flows.runners import UsageError
+    from imagingflows.pipelines.base import get_pipeline
 
+    try:
+        get_pipeline(pipeline)
+    except ValueError as e:
+        _fail(str(e))
     if predictions is None and input is None:
         _fail("give --input (run the pipeline, then score) or --predictions (score existing outputs)")
-    if predictions is not None and reference is None and input is None:
-        _fail("give --reference: the folder holding the reference label maps")
-    options = _segment_options(weights, None, trust_checkpoint, patch_merging, roi, overlap, 1, None, None,
-                               "2021", device, False)
+    if pipeline == "restore":
+        if reference is None:
+            _fail("give --reference: the folder holding the clean (ground-truth) images")
+        options = _restore_options(task, scale, weights, trust_checkpoint, tile, 32 if overlap is None else overlap,
+                                   nafnet_local, precision, device)
+        if overlap is not None and overlap != int(overlap):
+            _fail(f"--overlap for restore is a number of pixels, got {overlap}")
+        options["overlap"] = int(options["overlap"])
+    else:
+        if predictions is not None and reference is None and input is None:
+            _fail("give --reference: the folder holding the reference label maps")
+        options = _segment_options(weights, None, trust_checkpoint, patch_merging, roi,
+                                   0.5 if overlap is None else overlap, 1, None, None, "2021", device, False)
     code = 0
     try:
         if predictions is None:
@@ -230,6 +320,9 @@ def evaluate(
     mean = result["metrics"].get("mean", {})
     if not quiet:
         err.print("mean: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), highlight=False)
+        conventions = result["metrics"].get("conventions")
+        if pipeline == "restore" and conventions:
+            err.print(conventions, highlight=False)
     raise typer.Exit(1 if result["failed"] or code == 1 else 0)  # a case that failed to run is a failure
 
 

@@ -24,8 +24,8 @@ from imagingflows.tasks.write import write_json
 
 
 @task(cache_policy=NO_CACHE, task_run_name="score-{item_id}")
-def score_item(pipeline: str, item_id: str, prediction: str, reference: str) -> dict:
-    return get_pipeline(pipeline).evaluate(prediction, reference, None)
+def score_item(pipeline: str, item_id: str, prediction: str, reference: str, config: dict | None = None) -> dict:
+    return get_pipeline(pipeline).evaluate(prediction, reference, config)
 
 
 def _case_ids(pred_dir: Path) -> list[str]:
@@ -39,19 +39,29 @@ def _case_ids(pred_dir: Path) -> list[str]:
     return sorted(ids)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+
 @flow(name="imagingflows-evaluate")
-def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: str) -> dict:
+def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: str,
+                  config: dict | None = None) -> dict:
     pipe = get_pipeline(pipeline)
     pred_dir, ref_dir, out = Path(predictions), Path(references), Path(output_dir)
     per_item: dict[str, dict] = {}
     failed: dict[str, str] = {}
     futures = {}
-    for cid in _case_ids(pred_dir):
-        pred, ref = pipe.find_prediction(pred_dir, cid), pipe.find_reference(ref_dir, cid)
+    ids = pipe.list_predictions(pred_dir) if pipe.list_predictions else _case_ids(pred_dir)
+    for cid in ids:
+        try:
+            pred, ref = pipe.find_prediction(pred_dir, cid), pipe.find_reference(ref_dir, cid)
+        except InputError as e:
+            failed[cid] = str(e)
+            continue
         if pred is None or ref is None:
             failed[cid] = f"case {cid}: {'prediction' if pred is None else 'reference'} not found"
             continue
-        futures[cid] = score_item.submit(pipeline, cid, str(pred), str(ref))
+        futures[cid] = score_item.submit(pipeline, cid, str(pred), str(ref), config)
     for cid, fut in futures.items():
         fut.wait()
         if fut.state.is_completed():
@@ -61,9 +71,13 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
                 fut.result()
             except Exception as e:  # noqa: BLE001 - reported per item
                 failed[cid] = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
-    keys = sorted({k for m in per_item.values() for k in m})
+    keys = sorted({k for m in per_item.values() for k in m})  # the mean of numbers only (not labels)
+    keys = [k for k in keys if all(_is_number(m.get(k)) for m in per_item.values())]
     mean = {k: round(float(np.mean([m[k] for m in per_item.values()])), 5) for k in keys} if per_item else {}
-    metrics = {"pipeline": pipeline, "conventions": pipe.metric_conventions, "per_item": per_item,
+    conventions = pipe.metric_conventions
+    if callable(conventions):
+        conventions = conventions(config)
+    metrics = {"pipeline": pipeline, "conventions": conventions, "per_item": per_item,
                "mean": mean, "failed": failed, "n": len(per_item), "computed": now()}
     write_json(out / "metrics.json", metrics)
 
@@ -73,7 +87,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
         manifest.record(cid, {**entry, "metrics": m})
     for cid, msg in failed.items():
         manifest.record(cid, {**(manifest.entry(cid) or {}), "status": "failed", "error": msg})
-    manifest.set(metrics={"mean": mean, "labels": pipe.metric_conventions}, finished=now())
+    manifest.set(metrics={"mean": mean, "labels": conventions}, finished=now())
     write_report(out, manifest.data)
     return {"metrics": metrics, "failed": failed}
 
@@ -84,8 +98,15 @@ def evaluate_pipeline(pipeline: str, predictions: str | Path, references: str | 
     for label, folder in (("predictions", predictions), ("references", references)):
         if not folder.is_dir():
             raise UsageError(f"{label} folder {folder} does not exist")
+    pipe = get_pipeline(pipeline)
+    config = None  # what the pipeline's evaluate hook gets (segment needs nothing)
+    if pipe.evaluate_config is not None:
+        try:
+            config = pipe.evaluate_config(predictions, dict(options or {}))
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    result = evaluate_flow(pipeline, str(predictions), str(references), str(output_dir))
+    result = evaluate_flow(pipeline, str(predictions), str(references), str(output_dir), config)
     if not result["metrics"]["per_item"] and result["failed"]:
         raise UsageError("no case could be scored:\n" + "\n".join(f"  {k}: {v}" for k, v in result["failed"].items()))
     return result

@@ -36,8 +36,9 @@ def train_flow(pipeline: str, data_dir: str, run_dir: str, config: dict) -> dict
         items[f"epoch {h['epoch']:03d}"] = {"status": "done", "seconds": h.get("seconds"),
                                              "summary": {"loss": round(h["loss"], 4)},
                                              "metrics": {k: v for k, v in h.items() if k.startswith("val_")}}
-    manifest.set(items=items, model=summary["model"], split=summary["split"], result={
-        k: summary[k] for k in ("epochs_done", "best_dice", "best_checkpoint", "last_checkpoint")},
+    keys = ("epochs_done", "best_dice", "best_psnr", "gain_db", "best_checkpoint", "last_checkpoint")
+    manifest.set(items=items, model=summary["model"], split=summary["split"],
+                 result={k: summary[k] for k in keys if k in summary},
         figures=["training_curve.png"] if (Path(run_dir) / "training_curve.png").is_file() else [])
     manifest.finish({k: v["status"] for k, v in items.items()})
     write_report(Path(run_dir), manifest.data)

@@ -27,8 +27,12 @@ class Pipeline:
         output_config_keys: config keys that change outputs (their hash keys resume).
         evaluate: ``(prediction path, reference path, config) -> metrics dict``.
         find_prediction / find_reference: locate a case's files in a folder.
-        metric_conventions: text stating how metrics are computed.
+        metric_conventions: text stating how metrics are computed, or ``config -> text``.
         train: ``(data_dir, run_dir, config) -> training summary``.
+        list_predictions: ``pred_dir -> [item ids]`` to score in a predictions folder; None: one
+            folder or ``<case>_seg`` file per case (the segment layout).
+        evaluate_config: ``(pred_dir, options) -> config`` passed to ``evaluate`` (raises
+            ``ValueError`` when scoring cannot start); None: the options as given.
     """
 
     name: str
@@ -41,8 +45,10 @@ class Pipeline:
     evaluate: Callable
     find_prediction: Callable
     find_reference: Callable
-    metric_conventions: str
+    metric_conventions: str | Callable[[dict | None], str]
     train: Callable
+    list_predictions: Callable | None = None
+    evaluate_config: Callable | None = None
 
 
 _PIPELINES: dict[str, Callable[[], Pipeline]] = {}
@@ -69,9 +75,10 @@ def get_pipeline(name: str) -> Pipeline:
 def _ensure_registered() -> None:
     # The one list of pipelines (explicit, no folder scan).
     if not _PIPELINES:
-        from imagingflows.pipelines import medical
+        from imagingflows.pipelines import medical, restoration
 
         register("segment", medical.pipeline)
+        register("restore", restoration.pipeline)
 
 
 

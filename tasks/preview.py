@@ -281,3 +281,31 @@ def before_after(before: np.ndarray, after: np.ndarray, *, gap: int = 4, backgro
     out[: a.shape[0], : a.shape[1]] = a
     out[: b.shape[0], a.shape[1] + gap:] = b
     return out
+
+
+def detail_box(image: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left ``(row, col)`` of the ``size`` x ``size`` window of a 2D ``image`` with the most detail.
+
+    Detail is the sum of absolute horizontal and vertical differences inside the window (an integral
+    image, candidate windows on a grid of step ``size // 4``), so a preview crop shows texture and
+    edges rather than flat sky. A window larger than the image is clipped to it (origin 0).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2D image (H, W), got shape {img.shape}")
+    h, w = img.shape
+    sh, sw = min(size, h), min(size, w)
+    if sh < 1 or sw < 1 or (sh == h and sw == w):
+        return 0, 0
+    energy = np.zeros((h, w))
+    energy[:, 1:] += np.abs(np.diff(img, axis=1))
+    energy[1:, :] += np.abs(np.diff(img, axis=0))
+    s = np.zeros((h + 1, w + 1))
+    s[1:, 1:] = energy.cumsum(0).cumsum(1)
+    step = max(1, min(sh, sw) // 4)
+    rows = sorted(set(range(0, h - sh + 1, step)) | {h - sh})
+    cols = sorted(set(range(0, w - sw + 1, step)) | {w - sw})
+    r, c = np.array(rows)[:, None], np.array(cols)[None, :]
+    sums = s[r + sh, c + sw] - s[r, c + sw] - s[r + sh, c] + s[r, c]
+    i, j = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(rows[i]), int(cols[j])

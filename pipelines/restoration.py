@@ -1,0 +1,572 @@
+"""The restore pipeline (2D image restoration): NAFNet for denoise/deblur, HAT for super-resolution.
+
+In:  every PNG, JPEG and TIFF file under the input folder, recursively (hidden files and folders,
+     and folders holding a ``run.json``, i.e. our own output trees, are skipped). One item per file;
+     its id is the path relative to the input folder, suffix included (``sub/photo.jpg``).
+     Files with another image suffix (``.webp``, ``.bmp``, ``.gif``, RAW ...) fail as items with a
+     clear error; other files (``README.md``, ``.json`` ...) are ignored.
+Out: ``<relative path>``: the restored image, same name, format, bit depth (8/16), channels (gray,
+     gray + alpha, RGB, RGBA) and ICC profile as the input, size times ``scale`` for SR. A JPEG input
+     is written as a **lossless PNG** (``photo.jpg`` -> ``photo.png``): writing JPEG would add a new
+     round of compression artefacts on top of the restored image. ``previews/<relative path>.png``:
+     a before/after crop pair side by side (for SR, the input crop upscaled bicubic beside the output).
+
+Conventions (each applied conversion is listed in the item's ``notes`` in run.json):
+- Colour only goes through the network; alpha is split off first. Denoise/deblur pass alpha through
+  unchanged; SR upscales it separately with bicubic interpolation (Pillow, a = -0.5, clipped and rounded).
+- Gray image, 3-channel model: the gray plane is replicated to R = G = B, and the output is the mean of
+  the three output channels (rounded once, at the end). RGB image, 1-channel model: each colour plane
+  is restored on its own (one batch of three planes).
+- Precision ``auto`` is bf16 where the device computes it natively, else fp32 (resolved once, in
+  run.json); a 16-bit image always runs in fp32 under ``auto`` (bf16 keeps about 8 significant bits).
+- NAFNet runs on the whole image when it fits a pixel budget (its channel attention pools over the
+  whole image, so tiles change the result slightly) and in overlapping tiles otherwise; the budget is
+  about 2 GiB of activations (``whole_max_pixels``, from the model width unless given). HAT always runs
+  in tiles (its attention is local, so tiles with ``overlap`` pixels of context agree closely with a
+  whole-image forward; keep tile and overlap multiples of its window size, as the defaults 512 and 32
+  are). ``inference`` in run.json says what ran.
+- EXIF orientation is applied on reading (outputs are upright and carry no orientation tag); palette
+  and CMYK images are converted to RGB (see :mod:`imagingflows.tasks.image_io`).
+- Metrics (``evaluate``): PSNR/SSIM in the BasicSR recipe (:mod:`imagingflows.tasks.evaluate`), RGB
+  (or gray) without crop for denoise/deblur, Y channel with ``crop_border = scale`` for SR; alpha is
+  dropped. Predictions and references are matched by relative path without suffix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from imagingflows.pipelines.base import Pipeline
+from imagingflows.tasks.ingest import InputError, Item
+
+TASKS = ("denoise", "deblur", "sr")
+TASK_ARCH = {"denoise": "nafnet", "deblur": "nafnet", "sr": "hat"}
+#: task -> bundled demo weights name (``models/weights/<name>.pt``); ``{scale}`` is filled in for SR.
+DEMO_WEIGHTS = {"denoise": "nafnet_denoise", "deblur": "nafnet_deblur", "sr": "hat_sr_x{scale}"}
+DEFAULT_SR_SCALE = 2
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+#: image formats we recognise by name but do not read: such files fail as items (the others are ignored)
+UNSUPPORTED_IMAGE_SUFFIXES = (
+    ".bmp", ".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".exr", ".hdr", ".pnm",
+    ".ppm", ".pgm", ".pbm", ".psd", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw",
+)
+PREVIEW_DIR = "previews"
+PREVIEW_CROP = 256  # side of the preview crop, output pixels
+PREVIEW_MIN = 192  # smaller crops are enlarged (nearest) to at least this side
+
+#: NAFNet runs whole when pixels <= budget / (bytes per pixel and width channel): ~32 bytes per
+#: pixel and channel of width measured as the peak of a forward pass (fp32, inference mode).
+WHOLE_BUDGET_BYTES = 2 * 1024 ** 3
+NAFNET_BYTES_PER_PIXEL_AND_WIDTH = 32
+
+OUTPUT_CONFIG_KEYS = (
+    "task", "scale", "tile", "overlap", "whole_max_pixels", "precision", "precision_requested",
+    "model_overrides", "arch",
+)
+MODE_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
+
+
+# ----------------------------------------------------------------------------- paths
+
+def output_rel(item_id: str) -> str:
+    """Output path (relative to the output folder) of the item ``item_id`` (its input's relative path).
+
+    Same path and name; a JPEG becomes a PNG (``a/b.jpg`` -> ``a/b.png``): restored pixels are kept lossless.
+    """
+    p = PurePosixPath(item_id)
+    if p.suffix.lower() in JPEG_SUFFIXES:
+        p = p.with_suffix(".png")
+    return p.as_posix()
+
+
+def preview_rel(item_id: str) -> str:
+    """``previews/<input relative path>.png`` (the input suffix is kept, so names never collide)."""
+    return f"{PREVIEW_DIR}/{item_id}.png"
+
+
+def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    return [out_dir / output_rel(item_id), out_dir / preview_rel(item_id)]
+
+
+def _is_preview_file(rel: PurePosixPath) -> bool:
+    """A preview we wrote: ``previews/.../<name>.<image suffix>.png``."""
+    return (rel.parts[0] == PREVIEW_DIR and rel.suffix.lower() == ".png"
+            and PurePosixPath(rel.stem).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Files under ``folder``, recursively, sorted; hidden entries and our output trees (run.json) skipped."""
+    out: list[Path] = []
+
+    def visit(d: Path, top: bool) -> None:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            return
+        if not top and (d / "run.json").is_file():
+            return  # an imagingflows output folder inside the input: never take outputs as inputs
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                visit(e, False)
+            elif e.is_file():
+                out.append(e)
+
+    visit(Path(folder), True)
+    return out
+
+
+# ----------------------------------------------------------------------------- discover
+
+def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str, str]]]:
+    """One item per PNG/JPEG/TIFF file under ``input_dir`` (recursively); id = relative path."""
+    input_dir = Path(input_dir)
+    items: list[Item] = []
+    errors: list[tuple[str, str]] = []
+    claimed: dict[str, str] = {}  # output path (case-folded) -> item id that writes it
+    files = _walk(input_dir)
+    if (input_dir / "run.json").is_file():  # an earlier output folder used as input: its previews are no inputs
+        files = [p for p in files if not _is_preview_file(PurePosixPath(p.relative_to(input_dir).as_posix()))]
+    # a file whose output keeps its own name claims that name before a JPEG mapped onto it
+    files.sort(key=lambda p: (p.suffix.lower() in JPEG_SUFFIXES, p.as_posix()))
+    for path in files:
+        rel = path.relative_to(input_dir).as_posix()
+        suffix = path.suffix.lower()
+        if suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+            errors.append((rel, f"{path}: {suffix} images are not supported; expected PNG, JPEG or TIFF "
+                                "(convert it, e.g. to a 16-bit PNG or TIFF, to keep its precision)"))
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            continue
+        out = output_rel(rel)
+        if (other := claimed.get(out.casefold())) is not None:
+            errors.append((rel, f"{path}: its output {out} would overwrite the output of {other}; "
+                                "rename one of the two files"))
+            continue
+        claimed[out.casefold()] = rel
+        items.append(Item(rel, {"image": str(path)}))
+    items.sort(key=lambda i: i.id)
+    return items, errors
+
+
+# ----------------------------------------------------------------------------- model
+
+def _demo_weights(task: str, scale: int) -> str:
+    from imagingflows.models.backend import demo_weights
+
+    name = DEMO_WEIGHTS[task].format(scale=scale)
+    try:
+        return str(demo_weights(name))
+    except FileNotFoundError:
+        raise ValueError(
+            f"no bundled demo weights for --task {task}{f' --scale {scale}' if task == 'sr' else ''} "
+            f"({name}.pt is not in imagingflows/models/weights); pass --weights PATH to a "
+            f"{'HAT' if task == 'sr' else 'NAFNet'} checkpoint"
+        ) from None
+
+
+def _checkpoint_arch(weights: str, trust: bool) -> str:
+    """Architecture name of a checkpoint, from our metadata or its keys (without building it)."""
+    from imagingflows.models.checkpoints import read_checkpoint
+    from imagingflows.models.registry import REGISTRY
+
+    ckpt = read_checkpoint(weights, trust=trust)
+    return ckpt.arch or REGISTRY.detect(ckpt.state_dict).name
+
+
+def _int_option(cfg: dict, key: str, least: int) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{key} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def prepare(config: dict) -> dict:
+    """Check the task, load the model once (fails early on a wrong checkpoint), resolve the options."""
+    from imagingflows.models import cached_model
+    from imagingflows.models.sliding_window import resolve_precision
+
+    cfg = dict(config)
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)} (--task), got {task!r}")
+    if cfg.get("anonymize"):
+        raise ValueError("restore does not anonymise: its item ids are the input file paths")
+    scale = cfg.get("scale")
+    if task != "sr" and scale not in (None, 1):
+        raise ValueError(f"--scale {scale} applies to --task sr only; {task} keeps the image size")
+    trust = bool(cfg.get("trust_checkpoint"))
+    weights = str(cfg["weights"]) if cfg.get("weights") else _demo_weights(task, int(scale or DEFAULT_SR_SCALE))
+    overrides = {k: v for k, v in (cfg.get("model_overrides") or {}).items() if v is not None}
+    local = cfg.get("nafnet_local")
+    if local is not None:
+        local = [int(v) for v in local]
+        if len(local) != 2 or not (min(local) >= 1 or local == [0, 0]):
+            raise ValueError(f"--nafnet-local takes the training patch size H W (or 0 0 for plain NAFNet), "
+                             f"got {local}")
+        arch = cfg.get("arch") or _checkpoint_arch(weights, trust)
+        if arch != "nafnet":
+            raise ValueError(f"--nafnet-local applies to NAFNet checkpoints; {weights} is a "
+                             f"{ {'hat': 'HAT'}.get(arch, arch)} checkpoint")
+        overrides["local_train_size"] = None if local == [0, 0] else local  # None: global pooling
+    lm = cached_model(weights, cfg.get("arch"), trust=trust, device=cfg.get("device", "cpu"), **overrides)
+    want = TASK_ARCH[task]
+    if lm.spec.name != want:
+        what = {"hat": f"a HAT super-resolution x{lm.config.get('upscale')} model",
+                "nafnet": "a NAFNet (denoise/deblur) model"}.get(lm.spec.name, f"a {lm.spec.name} model")
+        raise ValueError(f"{weights} is {what}; --task {task} needs a {'HAT' if want == 'hat' else 'NAFNet'} "
+                         "checkpoint")
+    if lm.spec.spatial_dims != 2:
+        raise ValueError(f"{weights}: {lm.spec.name} is a {lm.spec.spatial_dims}D model; restore needs a 2D one")
+    if task == "sr":
+        upscale = int(lm.config.get("upscale") or 0)
+        if scale is not None and int(scale) != upscale:
+            raise ValueError(f"{weights} is a HAT x{upscale} model but --scale {scale} was given; "
+                             f"pass --scale {upscale} or weights for x{scale}")
+        scale = upscale
+    else:
+        scale = 1
+    channels = int(lm.config.get("img_channel") or lm.config.get("in_chans") or 3)
+    cfg.update(
+        task=task, scale=scale, weights=weights, weights_sha256=lm.weights_sha256, model=lm.describe(),
+        model_overrides=overrides, model_channels=channels,
+    )
+    for key, default, least in (("tile", 512, 1), ("overlap", 32, 0)):
+        cfg[key] = _int_option({key: default if cfg.get(key) is None else cfg[key]}, key, least)
+    if cfg["tile"] <= 2 * cfg["overlap"]:
+        raise ValueError(f"--tile ({cfg['tile']}) must be larger than twice --overlap ({cfg['overlap']})")
+    if lm.spec.name == "nafnet":
+        if cfg.get("whole_max_pixels") is None:  # what fits the budget for this width
+            width = int(lm.config.get("width") or 32)
+            cfg["whole_max_pixels"] = WHOLE_BUDGET_BYTES // (NAFNET_BYTES_PER_PIXEL_AND_WIDTH * width)
+        cfg["whole_max_pixels"] = _int_option(cfg, "whole_max_pixels", 0)
+    else:
+        cfg["whole_max_pixels"] = None  # HAT: always tiles (local attention; memory bounded by the tile)
+    # auto is resolved here, once, so run.json and the config hash name the path that ran
+    cfg["precision_requested"] = cfg.get("precision") or "auto"
+    cfg["precision"] = resolve_precision(cfg["precision_requested"], lm.device)
+    return cfg
+
+
+def _model(cfg: dict):
+    from imagingflows.models import cached_model
+
+    return cached_model(cfg["weights"], cfg.get("arch"), trust=bool(cfg.get("trust_checkpoint")),
+                        device=cfg.get("device", "cpu"), **(cfg.get("model_overrides") or {}))
+
+
+def _channel_adapter(net, model_channels: int, image_channels: int):
+    """``net`` made to take and return ``image_channels`` planes (see the module docstring)."""
+    import torch
+
+    if model_channels == image_channels:
+        return net, None
+
+    class GrayThroughColour(torch.nn.Module):  # (1, 1, h, w) -> R = G = B -> mean of the 3 outputs
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.expand(-1, 3, -1, -1)).float().mean(dim=1, keepdim=True)
+
+    class ColourPlaneByPlane(torch.nn.Module):  # (1, 3, h, w) -> a batch of 3 gray planes -> (1, 3, ...)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            y = self.inner(x.reshape(b * c, 1, h, w))
+            return y.reshape(b, c, *y.shape[-2:])
+
+    if model_channels == 3 and image_channels == 1:
+        return GrayThroughColour(net).eval(), ("gray image through a 3-channel model: replicated to R = G = B, "
+                                               "output = mean of the 3 output channels")
+    if model_channels == 1 and image_channels == 3:
+        return ColourPlaneByPlane(net).eval(), "RGB image through a 1-channel model: each plane restored on its own"
+    raise ValueError(f"a {model_channels}-channel model cannot restore a {image_channels}-channel image")
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """``(H, W)`` uint8/uint16 alpha -> ``(H*scale, W*scale)``, bicubic (Pillow, a = -0.5), clipped, rounded."""
+    from PIL import Image
+
+    h, w = alpha.shape
+    up = Image.fromarray(alpha.astype(np.float32), mode="F").resize((w * scale, h * scale), Image.Resampling.BICUBIC)
+    top = np.iinfo(alpha.dtype).max
+    return np.rint(np.clip(np.asarray(up), 0, top)).astype(alpha.dtype)
+
+
+def restore_array(color: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict, list[str]]:
+    """Colour planes ``(H, W, 1 or 3)`` uint8/uint16 -> restored ``(H*s, W*s, same C)`` of the same dtype."""
+    from imagingflows.models.tiling import predict_tiles
+
+    lm = _model(cfg)
+    net, note = _channel_adapter(lm.module, int(cfg["model_channels"]), int(color.shape[2]))
+    notes = [note] if note else []
+    precision = cfg.get("precision", "fp32")
+    if color.dtype == np.uint16 and precision in ("bf16", "fp16") and cfg.get("precision_requested") == "auto":
+        precision = "fp32"  # bf16 keeps 8 significant bits: a 16-bit output would lose its extra precision
+        notes.append(f"16-bit image run in fp32 (precision auto: {cfg['precision']} would keep about 8 bits)")
+    out, run = predict_tiles(
+        net, color, scale=int(cfg["scale"]), tile=int(cfg["tile"]), overlap=int(cfg["overlap"]),
+        device=lm.device, precision=precision, whole_max_pixels=cfg.get("whole_max_pixels"),
+    )
+    expected = (color.shape[0] * cfg["scale"], color.shape[1] * cfg["scale"], color.shape[2])
+    if out.shape != expected or out.dtype != color.dtype:
+        raise RuntimeError(f"model output {out.shape} {out.dtype}, expected {expected} {color.dtype}")
+    return out, run.as_dict(), notes
+
+
+# ----------------------------------------------------------------------------- process one image
+
+def process(item: Item, out_dir: Path, cfg: dict) -> dict:
+    """Restore one image and write it (and its preview) atomically; returns the manifest entry.
+
+    A failure leaves nothing under the item's output names (not even an earlier run's output of it).
+    """
+    try:
+        return _process(item, Path(out_dir), cfg)
+    except BaseException:
+        for p in expected_outputs(item.id, out_dir):
+            p.unlink(missing_ok=True)
+        raise
+
+
+def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
+    from imagingflows.tasks.image_io import merge_alpha, read_image, write_image
+
+    t0 = time.perf_counter()
+    lm = _model(cfg)
+    img = read_image(item.paths["image"], min_size=lm.spec.min_size)
+    t_read = time.perf_counter()
+    if lm.weights_sha256 != cfg.get("weights_sha256"):
+        raise RuntimeError(f"weights file {cfg['weights']} changed during the run; rerun to use the new weights")
+    scale = int(cfg["scale"])
+    color, alpha = img.color, img.alpha
+    restored, inference, notes = restore_array(np.ascontiguousarray(color), cfg)
+    if alpha is not None:
+        if scale == 1:
+            notes.append("alpha passed through unchanged")
+        else:
+            alpha = upscale_alpha(alpha, scale)
+            notes.append(f"alpha upscaled x{scale} separately (bicubic, a = -0.5)")
+    result = merge_alpha(restored, alpha)
+    t_infer = time.perf_counter()
+
+    out_rel, prev_rel = output_rel(item.id), preview_rel(item.id)
+    if out_rel != item.id:
+        notes.append(f"JPEG input written as lossless PNG ({out_rel})")
+    write_image(out_dir / out_rel, result, like=img)
+    save_preview(out_dir / prev_rel, color, restored, scale)
+    t_write = time.perf_counter()
+    h, w = img.height, img.width
+    return {
+        "outputs": {"image": out_rel, "previews": [prev_rel]},
+        "summary": {
+            "size_in": f"{w}x{h}", "size_out": f"{w * scale}x{h * scale}", "bit_depth": img.bit_depth,
+            "mode": MODE_NAMES[img.channels],
+        },
+        "timings": {
+            "read": round(t_read - t0, 3), "infer": round(t_infer - t_read, 3), "write": round(t_write - t_infer, 3),
+        },
+        "input": img.info(),
+        "inference": inference,
+        "notes": list(img.notes) + notes,
+    }
+
+
+def save_preview(path: Path, before: np.ndarray, after: np.ndarray, scale: int) -> Path:
+    """Before/after crop pair (the most detailed ``PREVIEW_CROP`` square of the output) as one PNG.
+
+    ``before`` is the input colour ``(H, W, C)``; ``after`` the output ``(H*scale, W*scale, C)``. For SR
+    the input crop is upscaled bicubic to the output's size, so the pair compares like with like.
+    """
+    from PIL import Image
+
+    from imagingflows.tasks.preview import before_after, detail_box
+    from imagingflows.tasks.write import write_png
+
+    b8, a8 = _to_u8_rgb(before), _to_u8_rgb(after)
+    side = max(scale, min(PREVIEW_CROP, a8.shape[0], a8.shape[1]) // scale * scale)  # output pixels
+    r_in, c_in = detail_box(b8.mean(axis=2), side // scale)
+    crop_in = b8[r_in:r_in + side // scale, c_in:c_in + side // scale]
+    crop_out = a8[r_in * scale:r_in * scale + side, c_in * scale:c_in * scale + side]
+    if scale > 1:
+        crop_in = np.asarray(Image.fromarray(crop_in).resize((crop_out.shape[1], crop_out.shape[0]),
+                                                             Image.Resampling.BICUBIC))
+    k = max(1, -(-PREVIEW_MIN // max(1, min(crop_out.shape[:2]))))
+    if k > 1:  # a tiny image: enlarge the pair (pixels stay visible)
+        crop_in, crop_out = (np.repeat(np.repeat(a, k, axis=0), k, axis=1) for a in (crop_in, crop_out))
+    return write_png(path, before_after(crop_in, crop_out))
+
+
+def _to_u8_rgb(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint16:
+        a = np.rint(a.astype(np.float32) / 257.0).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def metric_conventions(config: dict | None) -> str:
+    from imagingflows.tasks.evaluate import recipe_label
+
+    task = (config or {}).get("task")
+    base = ("PSNR (dB) and SSIM with scikit-image in the BasicSR recipe: outputs rounded to the reference's "
+            "bit depth, SSIM with an 11x11 Gaussian window (sigma 1.5), alpha dropped; ")
+    if task in TASKS:
+        scale = int((config or {}).get("scale") or 1)
+        return base + f"--task {task}: {recipe_label(task, scale)} (gray images: gray, same crop)."
+    return base + "RGB, crop 0 for denoise/deblur; Y (BT.601, 16-235), crop = scale for sr."
+
+
+def evaluate_config(predictions: Path, options: dict) -> dict:
+    """Task and scale for scoring: the options, else the ``run.json`` of a restore run in ``predictions``."""
+    cfg = dict(options or {})
+    run_json = Path(predictions) / "run.json"
+    recorded: dict = {}
+    if run_json.is_file():
+        try:
+            data = json.loads(run_json.read_text())
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        if data.get("pipeline") == "restore" and isinstance(data.get("config"), dict):
+            recorded = {k: data["config"].get(k) for k in ("task", "scale")}
+    for key in ("task", "scale"):
+        if recorded.get(key) is None:
+            continue
+        if cfg.get(key) is None:
+            cfg[key] = recorded[key]
+        elif cfg[key] != recorded[key] and not (key == "scale" and recorded.get("task") != "sr"):
+            raise ValueError(f"the predictions in {predictions} were made with --{key} {recorded[key]} "
+                             f"(run.json) but --{key} {cfg[key]} was given")
+    if cfg.get("task") not in TASKS:
+        raise ValueError(f"give --task ({', '.join(TASKS)}): it picks the metric recipe "
+                         f"({predictions} holds no restore run.json that says)")
+    if cfg["task"] == "sr":
+        if cfg.get("scale") is None:
+            raise ValueError("give --scale for --task sr: the border crop of the metric is the scale")
+        return {"task": "sr", "scale": int(cfg["scale"])}
+    return {"task": cfg["task"], "scale": 1}
+
+
+def list_predictions(pred_dir: Path) -> list[str]:
+    """Ids of the images in a predictions folder: the item ids of our run.json where it lists the file,
+    else the file's relative path. Previews and hidden files are left out."""
+    pred_dir = Path(pred_dir)
+    by_output: dict[str, str] = {}
+    run_json = pred_dir / "run.json"
+    if run_json.is_file():
+        try:
+            items = json.loads(run_json.read_text()).get("items") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            items = {}
+        for item_id, entry in items.items():
+            image = ((entry or {}).get("outputs") or {}).get("image") if isinstance(entry, dict) else None
+            if isinstance(image, str):
+                by_output[image] = item_id
+    ids = []
+    for p in _walk_all(pred_dir):
+        rel = PurePosixPath(p.relative_to(pred_dir).as_posix())
+        if p.suffix.lower() in IMAGE_SUFFIXES and not _is_preview_file(rel):
+            ids.append(by_output.get(rel.as_posix(), rel.as_posix()))
+    return sorted(ids)
+
+
+def _walk_all(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def find_prediction(pred_dir: Path, item_id: str) -> Path | None:
+    for rel in (item_id, output_rel(item_id)):
+        if (p := Path(pred_dir) / rel).is_file():
+            return p
+    return None
+
+
+def find_reference(ref_dir: Path, item_id: str) -> Path | None:
+    """The reference image with the same relative path, whatever its image suffix; None if none."""
+    rel = PurePosixPath(item_id)
+    folder = Path(ref_dir) / rel.parent
+    stem = rel.stem if rel.suffix.lower() in IMAGE_SUFFIXES else rel.name
+    if not folder.is_dir():
+        return None
+    hits = sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem == stem)
+    if len(hits) > 1:
+        same = [p for p in hits if p.suffix.lower() == rel.suffix.lower()]
+        if len(same) == 1:
+            return same[0]
+        raise InputError(f"{item_id}: several references match in {folder}: {', '.join(p.name for p in hits)}; "
+                         "expected one image per name")
+    return hits[0] if hits else None
+
+
+def evaluate_image(pred_path: str, ref_path: str, cfg: dict | None) -> dict:
+    """PSNR/SSIM of one restored image against its reference, in the recipe of the task."""
+    from imagingflows.tasks.evaluate import restore_metrics
+    from imagingflows.tasks.image_io import read_image
+
+    cfg = cfg or {}
+    task, scale = cfg.get("task"), int(cfg.get("scale") or 1)
+    if task not in TASKS:
+        raise ValueError(f"restore metrics need the task ({', '.join(TASKS)}), got {task!r}")
+    pred, ref = read_image(pred_path), read_image(ref_path)
+    p, r = pred.color, ref.color
+    if p.shape[2] != r.shape[2]:
+        raise InputError(f"{pred_path}: {MODE_NAMES[p.shape[2]]} prediction but the reference {ref_path} is "
+                         f"{MODE_NAMES[r.shape[2]]}; expected the same colour channels")
+    if pred.bit_depth != ref.bit_depth:
+        raise InputError(f"{pred_path}: {pred.bit_depth}-bit prediction but the reference {ref_path} is "
+                         f"{ref.bit_depth}-bit; expected one bit depth")
+    note = ""
+    if p.shape != r.shape:
+        dh, dw = r.shape[0] - p.shape[0], r.shape[1] - p.shape[1]
+        if task == "sr" and 0 <= dh < scale and 0 <= dw < scale:
+            r = r[: p.shape[0], : p.shape[1]]  # BasicSR: gt cropped to lq size x scale
+            note = f"; reference cropped to {p.shape[1]}x{p.shape[0]} (size not a multiple of {scale})"
+        else:
+            raise InputError(f"{pred_path}: prediction is {p.shape[1]}x{p.shape[0]} but the reference {ref_path} is "
+                             f"{r.shape[1]}x{r.shape[0]} (width x height); expected the same size")
+    m = restore_metrics(p, r, task, scale)
+    return {"psnr": round(m["psnr"], 4), "ssim": round(m["ssim"], 5), "recipe": m["recipe"] + note}
+
+
+# ----------------------------------------------------------------------------- record
+
+def _train(data_dir: Path, run_dir: Path, config: dict) -> dict:
+    from imagingflows.pipelines.restore_train import train
+
+    return train(data_dir, run_dir, config)
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(
+        name="restore",
+        description="2D image restoration: NAFNet (denoise, deblur), HAT (super-resolution)",
+        discover=discover,
+        prepare=prepare,
+        process=process,
+        expected_outputs=expected_outputs,
+        output_config_keys=OUTPUT_CONFIG_KEYS,
+        evaluate=evaluate_image,
+        find_prediction=find_prediction,
+        find_reference=find_reference,
+        metric_conventions=metric_conventions,
+        train=_train,
+        list_predictions=list_predictions,
+        evaluate_config=evaluate_config,
+    )

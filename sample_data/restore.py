@@ -1,0 +1,131 @@
+"""Small sample images for the restore pipeline, cut from images that ship with scikit-image.
+
+Each file exercises one thing a restoration run has to keep (see ``restore/README.md``)::
+
+    astronaut.png          RGB, 8-bit, 256 x 256, with an sRGB ICC profile
+    camera.png             gray, 8-bit, 256 x 256
+    chelsea.jpg            RGB JPEG (quality 90, 4:2:0), 300 x 200: written back as a lossless PNG
+    coffee_rgba.png        RGBA, 8-bit, 256 x 192, soft elliptical alpha
+    tiff/rocket_16bit.tif  RGB, 16-bit TIFF (Deflate), 192 x 256: in a subfolder (the output mirrors it)
+
+Usage::
+
+    python -m sample_data.restore --out sample_data/restore
+
+Deterministic: the same scikit-image data give the same pixels (compare decoded arrays, not
+file bytes, since encoders may differ between library versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+FILES = ("astronaut.png", "camera.png", "chelsea.jpg", "coffee_rgba.png", "tiff/rocket_16bit.tif")
+
+
+def srgb_profile() -> bytes:
+    """An sRGB ICC profile made by LittleCMS through Pillow (no file is read).
+
+    LittleCMS stamps the creation time into the header (bytes 24-35); a fixed date keeps the
+    samples reproducible (the profile carries no MD5 profile ID that this would invalidate).
+    """
+    import struct
+
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    if any(icc[84:100]):
+        return bytes(icc)  # an ID over the header: leave it as made
+    icc[24:36] = struct.pack(">6H", 2025, 1, 1, 0, 0, 0)
+    return bytes(icc)
+
+
+def images() -> dict[str, np.ndarray]:
+    """``{relative path: (H, W, C) uint8/uint16 array}`` of every sample, before encoding."""
+    from scipy import ndimage
+    from skimage import data
+
+    astronaut = data.astronaut()[20:276, 130:386]  # face and suit: skin, fabric, flags
+    camera = data.camera()[60:316, 130:386][..., None]  # the cameraman and his tripod
+    chelsea = data.chelsea()[60:260, 100:400]  # fur and whiskers
+    coffee = data.coffee()[80:272, 180:436]  # the cup on the wooden table
+    yy, xx = np.mgrid[:192, :256]
+    r = np.hypot((yy - 96) / 90.0, (xx - 128) / 120.0)
+    alpha = np.clip((1.0 - r) / 0.15, 0.0, 1.0)  # opaque inside the ellipse, a 15 % soft edge, then clear
+    coffee_rgba = np.concatenate([coffee, np.rint(alpha * 255).astype(np.uint8)[..., None]], axis=2)
+    rocket = data.rocket()[100:292, 200:456].astype(np.float64) / 255.0
+    # 16-bit values between the 8-bit levels: a light blur of the 8-bit photo (not a native 16-bit capture)
+    rocket = ndimage.gaussian_filter(rocket, sigma=(0.7, 0.7, 0))
+    rocket16 = np.rint(np.clip(rocket, 0, 1) * 65535).astype(np.uint16)
+    return {
+        "astronaut.png": astronaut,
+        "camera.png": camera,
+        "chelsea.jpg": chelsea,
+        "coffee_rgba.png": coffee_rgba,
+        "tiff/rocket_16bit.tif": rocket16,
+    }
+
+
+def write_samples(out: str | Path) -> list[Path]:
+    """Write every sample under ``out``; returns the paths."""
+    from PIL import Image
+
+    from imagingflows.tasks.image_io import write_image
+
+    out = Path(out)
+    paths = []
+    for rel, array in images().items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".jpg"):  # a camera-like JPEG (4:2:0), not our writer's 4:4:4 quality 95
+            Image.fromarray(array).save(path, format="JPEG", quality=90, subsampling=2)
+        else:
+            write_image(path, array, icc_profile=srgb_profile() if rel == "astronaut.png" else None)
+        paths.append(path)
+    return paths
+
+
+#: scikit-image photos the demo restore weights train on: every bundled photo except the five
+#: the samples above are cut from (astronaut, camera, chelsea, coffee, rocket: the held-out set).
+TRAINING_IMAGES = ("brick", "cell", "coins", "colorwheel", "grass", "gravel", "hubble_deep_field",
+                   "immunohistochemistry", "logo", "moon", "motorcycle_left", "page", "retina", "text")
+
+
+def write_training_set(out: str | Path) -> list[Path]:
+    """Write the demo training images as 8-bit PNG (RGB, or gray; RGBA logo flattened to RGB)."""
+    import skimage.data as data
+    from skimage import io
+
+    from imagingflows.tasks.image_io import write_image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in TRAINING_IMAGES:
+        if name == "motorcycle_left":  # one half of a stereo pair: only the file is bundled
+            array = io.imread(Path(data.__file__).parent / "motorcycle_left.png")
+        else:
+            array = getattr(data, name)()
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[..., :3]
+        path = out / f"{name}.png"
+        write_image(path, np.ascontiguousarray(array.astype(np.uint8)))
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "restore"))
+    ap.add_argument("--training-set", action="store_true",
+                    help="write the demo weights' training photos (not the samples) into --out")
+    args = ap.parse_args(argv)
+    for p in (write_training_set if args.training_set else write_samples)(args.out):
+        print(f"{p}  {p.stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()
