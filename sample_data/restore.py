@@ -117,13 +117,65 @@ def write_training_set(out: str | Path) -> list[Path]:
     return paths
 
 
+def write_degraded(src: str | Path, out: str | Path, task: str, *, sigma: float = 25.0, scale: int = 2,
+                   seed: int = 0, baseline: str | Path | None = None) -> list[Path]:
+    """Degrade every image under ``src`` the way the restore training does, for held-out scoring.
+
+    Colour channels only (alpha is kept, and resized for SR); values are rounded to 8-bit
+    levels and stored at the file's bit depth; a JPEG is written as PNG (no new artefacts).
+    For SR, ``baseline`` (optional) receives the bicubic upscaling of each degraded image:
+    the reference point the model card's gain is measured against.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from imagingflows.pipelines.restore_train import degrade, list_images
+    from imagingflows.tasks.image_io import from_float, merge_alpha, read_image, to_float, write_image
+
+    src, out = Path(src), Path(out)
+    gen = torch.Generator().manual_seed(seed)
+    written = []
+    for path in list_images(src):
+        img = read_image(path)
+        rel = path.relative_to(src).with_suffix(".png" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix)
+        color = torch.from_numpy(to_float(img.color))[None]
+        alpha = torch.from_numpy(to_float(img.alpha))[None] if img.alpha is not None else None
+        low = degrade(color, task, sigma=sigma, scale=scale, gen=gen)[0]
+        if task == "sr" and alpha is not None:
+            alpha = F.interpolate(alpha, scale_factor=1 / scale, mode="bicubic", antialias=True)
+        planes = [low] + ([alpha[0].clamp(0, 1)] if alpha is not None else [])
+        array = merge_alpha(from_float(planes[0].numpy(), img.bit_depth),
+                            from_float(planes[1].numpy(), img.bit_depth)[..., 0] if len(planes) > 1 else None)
+        written.append(write_image(out / rel, array, icc_profile=img.icc_profile))
+        if task == "sr" and baseline is not None:
+            up = F.interpolate(torch.cat(planes)[None], size=color.shape[2:], mode="bicubic", align_corners=False)
+            up = up[0].clamp(0, 1).numpy()
+            c = low.shape[0]
+            write_image(Path(baseline) / rel, merge_alpha(from_float(up[:c], img.bit_depth),
+                        from_float(up[c:], img.bit_depth)[..., 0] if alpha is not None else None),
+                        icc_profile=img.icc_profile)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "restore"))
     ap.add_argument("--training-set", action="store_true",
                     help="write the demo weights' training photos (not the samples) into --out")
+    ap.add_argument("--degrade", choices=("denoise", "deblur", "sr"),
+                    help="write degraded copies of the images under --src into --out (held-out scoring)")
+    ap.add_argument("--src", default=str(Path(__file__).parent / "restore"))
+    ap.add_argument("--sigma", type=float, default=25.0)
+    ap.add_argument("--scale", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", default=None, help="SR: also write bicubic upscalings of the degraded images here")
     args = ap.parse_args(argv)
-    for p in (write_training_set if args.training_set else write_samples)(args.out):
+    if args.degrade:
+        paths = write_degraded(args.src, args.out, args.degrade, sigma=args.sigma, scale=args.scale, seed=args.seed,
+                               baseline=args.baseline)
+    else:
+        paths = (write_training_set if args.training_set else write_samples)(args.out)
+    for p in paths:
         print(f"{p}  {p.stat().st_size / 1024:.0f} KiB")
 
 
