@@ -110,6 +110,17 @@ def random_pairs(pool: list[tuple[torch.Tensor, torch.Tensor | None]], batch: in
     return torch.stack(inputs), clean_b
 
 
+def _centre_crop(x: torch.Tensor, size: int, multiple: int) -> torch.Tensor:
+    """Centre crop of ``(C, H, W)`` to at most ``size``; sides and offsets multiples of ``multiple``.
+
+    Aligned offsets keep an SR pair registered: the low-res crop of ``size / scale`` (multiple 1)
+    maps exactly onto the high-res crop of ``size`` (multiple ``scale``).
+    """
+    h, w = (min(size, n) // multiple * multiple for n in x.shape[1:])
+    y0, x0 = ((x.shape[1] - h) // 2 // multiple * multiple, (x.shape[2] - w) // 2 // multiple * multiple)
+    return x[:, y0:y0 + h, x0:x0 + w]
+
+
 def _orient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, dims=(1, 2))
     return torch.flip(x, dims=(2,)) if flip else x
@@ -218,11 +229,11 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
     pool = [(load_rgb(clean_paths[i]), load_rgb(degraded_paths[i]) if degraded_paths else None) for i in train_ids]
     val_gen = torch.Generator().manual_seed(10_000 + seed)
     val = []
+    val_crop = int(config.get("val_crop", 256))
     for i in val_ids:
-        clean = load_rgb(clean_paths[i])
-        if task == "sr":  # whole image divisible by the scale
-            clean = clean[:, : clean.shape[1] - clean.shape[1] % scale, : clean.shape[2] - clean.shape[2] % scale]
-        deg = load_rgb(degraded_paths[i]) if degraded_paths else \
+        # a centred crop (whole forward passes of big images would dominate the epoch), divisible by the scale
+        clean = _centre_crop(load_rgb(clean_paths[i]), val_crop, scale)
+        deg = _centre_crop(load_rgb(degraded_paths[i]), val_crop // scale, 1) if degraded_paths else \
             degrade(clean[None], task, sigma=cfg["sigma"], scale=scale, gen=val_gen)[0]
         val.append((clean, deg))
 
