@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, make, git):
-#   make demo   install into .venv, then segment the bundled sample cases into demo_out/
+#   make demo   install into .venv, then segment the bundled sample cases into demo_out/ and
+#               denoise / upscale x2 noisy and low-res copies of the sample images (demo_out/restore/)
 #   make test   install into .venv, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,7 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(TEST_ENV) $(VENV)/bin/run-flow segment --input sample_data/brats --output demo_out
-	@echo "open demo_out/report.html"
+	$(PY) -m sample_data.restore --degrade denoise --out demo_out/restore/noisy > /dev/null
+	$(PY) -m sample_data.restore --degrade sr --out demo_out/restore/lowres > /dev/null
+	$(TEST_ENV) $(VENV)/bin/run-flow restore --task denoise --input demo_out/restore/noisy --output demo_out/restore/denoised
+	$(TEST_ENV) $(VENV)/bin/run-flow restore --task sr --scale 2 --input demo_out/restore/lowres --output demo_out/restore/sr
+	@echo "open demo_out/report.html, demo_out/restore/denoised/report.html, demo_out/restore/sr/report.html"
 
 test: install
 	PREFECT_HOME=$$(mktemp -d) $(TEST_ENV) $(PY) -m pytest -q

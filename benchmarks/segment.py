@@ -127,6 +127,8 @@ def timing(args) -> list[dict]:
             out, run = predict_volume(lm, x, roi, overlap=0.5, **opts)
             seconds = time.perf_counter() - t0
         brain = (x != 0).any(1, keepdim=True).expand_as(out)
+        if run.box:
+            print(f"{name}: foreground box {' x '.join(str(b - a) for a, b in run.box)} voxels", flush=True)
         rows.append({"path": f"{name} [{run.precision}]", "seconds": seconds, "peak_rss": mem.peak,
                      "windows": run.windows - run.skipped_windows,
                      "max_diff_in_brain": float((out - ref)[brain].abs().max())})
