@@ -45,12 +45,8 @@ rerun. One warm-up call each, then the best of ``--repeat`` runs.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
-import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -73,59 +69,8 @@ FULL = {"sizes": [1024, 4096, 8192], "hat_b": 512, "nafnet_b": 512, "nafnet_tile
 QUICK = {"sizes": [256, 512], "hat_b": 256, "nafnet_b": 256, "nafnet_tiles": (128,), "nafnet_c": 256, "hat_c": 128}
 
 
-# ----------------------------------------------------------------------------- memory sampling
+from peak_rss import PeakRSS  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
-class PeakRSS:
-    """Samples this process's resident memory every few ms while active (bytes), per named phase."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self._stop = interval, threading.Event()
-        self.phase, self.phases = "start", {}
-
-    @staticmethod
-    def current() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def peak(self) -> int:
-        return max(self.phases.values())
-
-    def _sample(self) -> None:
-        rss = self.current()
-        self.phases[self.phase] = max(self.phases.get(self.phase, 0), rss)
-
-    def mark(self, phase: str) -> None:
-        """Start a new phase; the samples from now on count towards it."""
-        self._sample()
-        self.phase = phase
-        self._sample()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        _release_memory()
-        self.start = self.current()
-        self._sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-def _release_memory() -> None:
-    gc.collect()
-    try:  # hand freed heap back to the OS so every measurement starts from the same floor
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
 
 
 # ----------------------------------------------------------------------------- models

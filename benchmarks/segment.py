@@ -19,12 +19,9 @@ reference labels.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,42 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # sample_data is not an installed package
 
 
-class PeakRSS:
-    """Samples this process's resident memory every few ms while active (bytes)."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    @staticmethod
-    def current() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        _release_memory()
-        self.start = self.current()
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-
-
-def _release_memory() -> None:
-    gc.collect()
-    try:  # hand freed heap back to the OS so the next path starts from the same floor
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+from peak_rss import PeakRSS  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def bench_case(tmp: Path, quick: bool) -> torch.Tensor:
