@@ -115,8 +115,9 @@ def run_windows(
     t0 = time.perf_counter()
     info = WindowRun(precision=precision)
     out_shape = (image.shape[0], out_channels, *image.shape[2:])
-    box = foreground_box(image, margin) if (crop_foreground or skip_empty) else None
-    if box is None and (crop_foreground or skip_empty) and not bool((image != 0).any()):
+    look = crop_foreground or skip_empty
+    box = foreground_box(image, margin) if look else None
+    if look and box is None:  # foreground_box found no nonzero voxel
         info.seconds = round(time.perf_counter() - t0, 3)
         return torch.full(out_shape, fill, dtype=torch.float32), info  # nothing but background
     region = image[(slice(None), slice(None), *box)] if crop_foreground and box else image
