@@ -76,7 +76,7 @@ def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overla
 
 
 def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
-                     device) -> dict:
+                     device, pool_passes=1) -> dict:
     return {
         "task": task,
         "scale": scale,
@@ -85,6 +85,7 @@ def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafn
         "tile": tile,
         "overlap": overlap,
         "nafnet_local": list(nafnet_local) if nafnet_local else None,
+        "pool_passes": pool_passes,
         "precision": precision,
         "device": device,
     }
@@ -185,6 +186,9 @@ def restore(
     nafnet_local: Size2 = typer.Option(
         None, help="NAFNetLocal: the training patch size H W (official GoPro/REDS deblur files get 256 256 "
                    "by default); 0 0 for plain NAFNet (global pooling)."),
+    pool_passes: int = typer.Option(
+        1, min=0, help="NAFNet in tiles: passes that first measure whole-image channel means (each costs one "
+                       "more forward per tile; 0: each tile pools over itself, as a plain tiled forward)."),
     precision: str = typer.Option(
         "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -195,7 +199,7 @@ def restore(
 ) -> None:
     """Restore images (denoise, deblur, super-resolve); same bit depth, alpha and ICC profile kept."""
     options = _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
-                               device)
+                               device, pool_passes)
     raise typer.Exit(_run_batch("restore", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 
@@ -280,6 +284,7 @@ def evaluate(
     scale: Optional[int] = typer.Option(None, min=1, help="restore --task sr: the factor (border crop = scale)."),
     tile: int = typer.Option(512, min=1, help="restore: tile side in input pixels."),
     nafnet_local: Size2 = typer.Option(None, help="restore: NAFNetLocal training patch size H W."),
+    pool_passes: int = typer.Option(1, min=0, help="restore: NAFNet in tiles, passes measuring whole-image means."),
     precision: str = typer.Option("auto", help="restore: auto, fp32, bf16 or fp16 (CUDA)."),
     device: str = typer.Option("auto"),
     resume: bool = typer.Option(False),
@@ -300,7 +305,7 @@ def evaluate(
         if reference is None:
             _fail("give --reference: the folder holding the clean (ground-truth) images")
         options = _restore_options(task, scale, weights, trust_checkpoint, tile, 32 if overlap is None else overlap,
-                                   nafnet_local, precision, device)
+                                   nafnet_local, precision, device, pool_passes)
         if overlap is not None and overlap != int(overlap):
             _fail(f"--overlap for restore is a number of pixels, got {overlap}")
         options["overlap"] = int(options["overlap"])
@@ -334,15 +339,29 @@ def serve(
     cron: str = typer.Option(..., help="Schedule, e.g. '0 2 * * *'. Needs `prefect server start` + PREFECT_API_URL."),
     name: str = typer.Option("nightly"),
     weights: Optional[Path] = typer.Option(None),
+    task: Optional[str] = typer.Option(None, help="restore: denoise, deblur or sr (required for restore)."),
+    scale: Optional[int] = typer.Option(None, min=1, help="restore --task sr: the factor."),
 ) -> None:
     """Serve a pipeline on a schedule (each run resumes: finished cases are skipped)."""
     from imagingflows.flows.serve import serve_pipeline
+    from imagingflows.pipelines.base import get_pipeline
 
+    try:
+        get_pipeline(pipeline)
+    except ValueError as e:
+        _fail(str(e))
+    if pipeline == "restore":
+        if task is None:
+            _fail("serve restore needs --task denoise, deblur or sr")
+        options = _restore_options(task, scale, weights, False, 512, 32, None, "auto", "auto")
+    elif task is not None or scale is not None:
+        _fail(f"--task and --scale are for restore, not {pipeline}")
+    else:
+        options = {"weights": str(weights) if weights else None}
     if not os.environ.get("PREFECT_API_URL"):
         _fail("schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
               "(the embedded ephemeral mode has no scheduler)")
-    serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name,
-                   options={"weights": str(weights) if weights else None})
+    serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name, options=options)
 
 
 @app.command()

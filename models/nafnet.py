@@ -17,6 +17,10 @@ box mean whose size follows from the training crop. Here it is the option
 ``local_train_size=[H, W]`` (upstream's ``train_size=(1, C, H, W)``); ``None`` means the
 global pool of plain NAFNet. The weights cannot tell the two apart, so the option is a
 ``variant_key``.
+
+The global pool is :class:`~imagingflows.models.global_pool.GlobalAvgPool2d`: the plain mean in
+a normal forward, and whole-image means measured tile by tile when
+:func:`~imagingflows.models.tiling.predict_tiles` tiles the network.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imagingflows.models.global_pool import GlobalAvgPool2d
 from imagingflows.models.registry import ModelSpec
 
 
@@ -96,7 +101,7 @@ class NAFBlock(nn.Module):
         self.conv1 = nn.Conv2d(c, dw, 1)
         self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
         self.sg = SimpleGate()
-        self.sca = nn.Sequential(pool if pool is not None else nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.sca = nn.Sequential(pool if pool is not None else GlobalAvgPool2d(), nn.Conv2d(dw // 2, dw // 2, 1))
         self.conv3 = nn.Conv2d(dw // 2, c, 1)
         self.norm2 = LayerNorm2d(c)
         self.conv4 = nn.Conv2d(c, 2 * c, 1)

@@ -18,6 +18,12 @@ of their grid (NAFNet's stride-2 downsamplings, ``2 ** levels``; HAT's attention
 windows and its centre differs from the whole-image result (measured: 0.19 for a tiny
 random-weight HAT, against 4e-7 on the grid). By default the grid is read from the network's ``padder_size`` /
 ``window_size`` attribute.
+
+Networks that pool over the whole image (NAFNet's channel attention, through
+:class:`~imagingflows.models.global_pool.GlobalAvgPool2d`) are run twice per tile when tiled:
+a first pass only measures each pool's whole-image mean (summed over tile cores that partition
+the image), the second pass uses those means in every tile and writes the output. Without it a
+tile's attention sees only the tile's own statistics (``pool_passes=0``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from imagingflows.models.global_pool import global_pools, pooled_mode, reset_all, set_tile, settle_all
 from imagingflows.models.sliding_window import _AUTOCAST, resolve_precision
 
 
@@ -40,6 +47,7 @@ class TileRun:
     overlap: int = 0
     whole: bool = False  # True when one forward covered the whole image
     precision: str = "fp32"
+    passes: int = 1  # forward passes over all tiles (2 when whole-image pool means were measured first)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -65,12 +73,25 @@ def tile_spans(n: int, tile: int, overlap: int, align: int = 1) -> list[tuple[in
 
 
 def net_alignment(net: torch.nn.Module) -> int:
-    """The shift a network is equivariant to: NAFNet's ``padder_size``, HAT's ``window_size``, else 1."""
+    """The shift a network is equivariant to: NAFNet's ``padder_size``, HAT's ``window_size``, else 1.
+
+    Looked up on ``net`` and its submodules, so wrappers (e.g. the restore pipeline's channel
+    adapters) keep the grid of the network they wrap.
+    """
     for name in ("padder_size", "window_size"):
-        value = getattr(net, name, None)
-        if isinstance(value, int) and value >= 1:
+        value = _find_attribute(net, name)
+        if value is not None:
             return value
     return 1
+
+
+def _find_attribute(net: torch.nn.Module, name: str) -> int | None:
+    """The first positive integer ``name`` attribute of ``net`` or of one of its submodules."""
+    for module in net.modules():
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
 
 
 def _input_scale(dtype: np.dtype) -> float:
@@ -118,6 +139,7 @@ def predict_tiles(
     out_dtype: np.dtype | None = None,
     whole_max_pixels: int | None = None,
     align: int | None = None,
+    pool_passes: int = 1,
 ) -> tuple[np.ndarray, TileRun]:
     """Run a 2D image-to-image ``net`` over ``image`` tile by tile.
 
@@ -138,6 +160,10 @@ def predict_tiles(
             instead of tiles (for networks that pool over the whole image, e.g. NAFNet).
         align: tile origins are multiples of this many input pixels (the kept step is
             ``tile - 2 * overlap`` rounded down to it); None: :func:`net_alignment` of ``net``.
+        pool_passes: for a network with :class:`~imagingflows.models.global_pool.GlobalAvgPool2d`
+            layers (NAFNet) that runs in more than one tile: passes over the tiles that only
+            measure whole-image channel means before the pass that uses them (1: each tile
+            runs twice; 0: every tile pools over itself alone, as a plain tiled forward).
     Returns:
         ``(H * scale, W * scale, C_out)`` array of ``out_dtype``, and what ran.
     """
@@ -145,38 +171,72 @@ def predict_tiles(
     device = torch.device(device)
     align = net_alignment(net) if align is None else align
     out_dtype = _check_args(image, scale, tile, overlap, align, out_dtype, whole_max_pixels)
+    if isinstance(pool_passes, bool) or not isinstance(pool_passes, (int, np.integer)) or pool_passes < 0:
+        raise ValueError(f"pool_passes must be an integer >= 0, got {pool_passes!r}")
     precision = resolve_precision(precision, device)
     h, w = image.shape[:2]
     if whole_max_pixels is not None and h * w <= whole_max_pixels:
         rows, cols = [(0, h, 0, h)], [(0, w, 0, w)]
     else:
         rows, cols = tile_spans(h, tile, overlap, align), tile_spans(w, tile, overlap, align)
-    info = TileRun(tiles=len(rows) * len(cols), tile=tile, overlap=overlap, whole=len(rows) * len(cols) == 1,
-                   precision=precision)
+    tiles = [(r, c) for r in rows for c in cols]
+    pools = global_pools(net)
+    pad = _find_attribute(net, "padder_size") or align
+    measure = pool_passes if pools and len(tiles) > 1 and align % pad == 0 else 0
+    info = TileRun(tiles=len(tiles), tile=tile, overlap=overlap, whole=len(tiles) == 1, precision=precision,
+                   passes=1 + measure)
 
     in_max = _input_scale(image.dtype)
     out_max = float(np.iinfo(out_dtype).max) if np.issubdtype(out_dtype, np.integer) else None
     autocast = _AUTOCAST.get(precision)
+
+    def forward(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        x = image[r0:r1, c0:c1].astype(np.float32)  # (h, w, C), a tile-sized copy
+        if in_max != 1.0:
+            x /= in_max
+        x = torch.from_numpy(x).permute(2, 0, 1)[None].to(device).contiguous()  # (1, C, h, w)
+        with torch.autocast(device_type=device.type, dtype=autocast, enabled=autocast is not None):
+            y = net(x)
+        size = ((r1 - r0) * scale, (c1 - c0) * scale)
+        if y.ndim != 4 or y.shape[0] != 1 or tuple(y.shape[2:]) != size:
+            raise ValueError(f"net returned shape {tuple(y.shape)} for an input of {tuple(x.shape)}; "
+                             f"expected (1, C_out, {size[0]}, {size[1]}) (is scale={scale} right?)")
+        return y
+
     out = None
-    with torch.inference_mode():
-        for r0, r1, kr0, kr1 in rows:
-            for c0, c1, kc0, kc1 in cols:
-                x = image[r0:r1, c0:c1].astype(np.float32)  # (h, w, C), a tile-sized copy
-                if in_max != 1.0:
-                    x /= in_max
-                x = torch.from_numpy(x).permute(2, 0, 1)[None].to(device).contiguous()  # (1, C, h, w)
-                with torch.autocast(device_type=device.type, dtype=autocast, enabled=autocast is not None):
-                    y = net(x)
-                size = ((r1 - r0) * scale, (c1 - c0) * scale)
-                if y.ndim != 4 or y.shape[0] != 1 or tuple(y.shape[2:]) != size:
-                    raise ValueError(f"net returned shape {tuple(y.shape)} for an input of {tuple(x.shape)}; "
-                                     f"expected (1, C_out, {size[0]}, {size[1]}) (is scale={scale} right?)")
-                y = y[0, :, (kr0 - r0) * scale:(kr1 - r0) * scale, (kc0 - c0) * scale:(kc1 - c0) * scale]
-                y = y.permute(1, 2, 0).float().cpu().numpy()  # (kept h * scale, kept w * scale, C_out)
-                if out is None:
-                    out = np.empty((h * scale, w * scale, y.shape[2]), dtype=out_dtype)
-                if out_max is not None:
-                    y = np.rint(np.clip(y, 0.0, 1.0) * out_max)
-                out[kr0 * scale:kr1 * scale, kc0 * scale:kc1 * scale] = y
+    try:
+        with torch.inference_mode():
+            for p in range(measure + 1):
+                mode = ("measure" if p == 0 else "measure+fixed") if p < measure else ("fixed" if p else None)
+                with pooled_mode(pools, mode):
+                    for (r0, r1, kr0, kr1), (c0, c1, kc0, kc1) in tiles:
+                        if mode is not None:
+                            set_tile(pools, (-(-(r1 - r0) // pad) * pad, -(-(c1 - c0) // pad) * pad),
+                                     _core(r0, kr0, kr1, h, pad) + _core(c0, kc0, kc1, w, pad))
+                        y = forward(r0, r1, c0, c1)
+                        if p < measure:
+                            continue
+                        y = y[0, :, (kr0 - r0) * scale:(kr1 - r0) * scale, (kc0 - c0) * scale:(kc1 - c0) * scale]
+                        y = y.permute(1, 2, 0).float().cpu().numpy()  # (kept h * scale, kept w * scale, C_out)
+                        if out is None:
+                            out = np.empty((h * scale, w * scale, y.shape[2]), dtype=out_dtype)
+                        if out_max is not None:
+                            y = np.rint(np.clip(y, 0.0, 1.0) * out_max)
+                        out[kr0 * scale:kr1 * scale, kc0 * scale:kc1 * scale] = y
+                if p < measure:
+                    settle_all(pools)
+    finally:
+        reset_all(pools)
     info.seconds = round(time.perf_counter() - t0, 3)
     return out, info
+
+
+def _core(lo: int, keep_lo: int, keep_hi: int, n: int, pad: int) -> tuple[int, int]:
+    """The part of a tile (read from ``lo``) whose pooled statistics it contributes, in tile pixels.
+
+    The kept range rounded down to multiples of ``pad`` (so that every feature stride divides it);
+    the last tile owns the network's zero padding up to ``n`` rounded up to ``pad``, as the
+    whole-image forward pools over it too. Over the tiles of an axis these partition ``[0, ceil_pad(n))``.
+    """
+    hi = -(-n // pad) * pad if keep_hi == n else keep_hi // pad * pad
+    return keep_lo // pad * pad - lo, hi - lo

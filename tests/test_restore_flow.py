@@ -174,6 +174,8 @@ def test_denoise_tiles_or_whole_and_variant_recorded(denoise_run):
     assert infer["coffee_rgba.png"]["whole"] and infer["coffee_rgba.png"]["tiles"] == 1  # 49 152 px
     assert not infer["astronaut.png"]["whole"] and infer["astronaut.png"]["tiles"] == 16  # 256 px, step 64: 4 x 4 tiles
     assert infer["astronaut.png"]["tile"] == 96 and infer["astronaut.png"]["overlap"] == 16
+    # NAFNetLocal pools locally: no whole-image means to measure, one pass however pool_passes is set
+    assert run["config"]["pool_passes"] == 1 and infer["astronaut.png"]["passes"] == 1
     assert any("passed through" in n for n in run["items"]["coffee_rgba.png"]["notes"])
 
 

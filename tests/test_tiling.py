@@ -111,12 +111,87 @@ def test_nafnet_tiled_psnr_and_whole_switch():
     y, run = predict_tiles(net, img, tile=32, overlap=8)
     psnr = 10 * np.log10(1 / np.mean((y.astype(np.float64) - whole) ** 2))
     print(f"NAFNet tiny, 64x64, tile 32 / overlap 8, {run.tiles} tiles: PSNR tiled vs whole = {psnr:.1f} dB")
-    assert run.tiles == 9 and not run.whole and psnr > 50  # global pooling: close, not exact
+    assert run.tiles == 9 and not run.whole and run.passes == 2 and psnr > 50  # global pooling: close, not exact
     y, run = predict_tiles(net, img, tile=32, overlap=8, whole_max_pixels=64 * 64)
     assert run.whole and run.tiles == 1
     np.testing.assert_array_equal(y, whole)
     _, run = predict_tiles(net, img, tile=32, overlap=8, whole_max_pixels=64 * 64 - 1)
     assert not run.whole and run.tiles == 9
+
+
+def _half_dark(h: int, w: int) -> np.ndarray:
+    """Noise whose left part is dark and right part bright: tiles see very different channel means."""
+    img = _image(h, w)
+    img[:, : w // 3] *= 0.1
+    img[:, w // 3:] = 0.7 + 0.3 * img[:, w // 3:]
+    return img
+
+
+def test_nafnet_measured_pool_means_are_the_whole_image_means():
+    """The first pool's input depends on 5 x 5 pixels only, so with overlap >= 4 its measured
+    whole-image mean is exact: this checks that tile cores partition the image, zero padding included."""
+    net, img = _tiny_nafnet(), _half_dark(61, 70)  # not a multiple of the pad size 4: the net pads
+    first = net.encoders[0][0].sca[0]
+    seen: list[torch.Tensor] = []
+    hook = first.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    _whole(net, img)
+    whole_mean = seen[-1].flatten()
+    predict_tiles(net, img, tile=24, overlap=4)
+    hook.remove()
+    tiled_mean = seen[-1].flatten()  # the last tile of the final pass uses the measured mean
+    local_mean = seen[len(seen) // 2].flatten()  # a tile of the measuring pass: its own mean
+    np.testing.assert_allclose(tiled_mean, whole_mean, rtol=0, atol=1e-5)
+    assert float((local_mean - whole_mean).abs().max()) > 1e-2
+
+
+def test_nafnet_pool_passes_bring_tiles_to_the_whole_image_output():
+    net, img = _tiny_nafnet(), _half_dark(96, 96)
+    whole = _whole(net, img)
+    psnr = {}
+    for passes in (0, 1, 2):
+        y, run = predict_tiles(net, img, tile=32, overlap=8, pool_passes=passes)
+        assert run.passes == passes + 1 and run.tiles == 25
+        psnr[passes] = 10 * np.log10(1 / np.mean((y.astype(np.float64) - whole) ** 2))
+    print(f"NAFNet tiny, half-dark 96x96, tile 32 / overlap 8: PSNR tiled vs whole by pool_passes {psnr}")
+    assert psnr[1] > psnr[0] + 10 and psnr[2] > psnr[1] - 0.5 and psnr[1] > 70
+    y, run = predict_tiles(net, img, tile=32, overlap=8, pool_passes=1)
+    again, _ = predict_tiles(net, img, tile=32, overlap=8, pool_passes=1)
+    np.testing.assert_array_equal(y, again)  # no state is left in the pools between calls
+    with torch.inference_mode():
+        plain = net(torch.from_numpy(img).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(plain, whole)  # the net behaves as before after tiling
+
+
+def test_pool_means_are_kept_per_image_of_a_batch():
+    """The restore pipeline runs an RGB image through a gray model as a batch of 3 planes."""
+    torch.manual_seed(0)
+    tiny = {"img_channel": 1, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}
+    gray = nafnet.build(**{**nafnet.SPEC.default_config, **tiny}).eval()
+    with torch.no_grad():
+        for name, p in gray.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+
+    class PlaneByPlane(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = gray
+
+        def forward(self, x):
+            return self.inner(x.reshape(3, 1, *x.shape[-2:])).reshape(1, 3, *x.shape[-2:])
+
+    img = _half_dark(80, 80) * np.array([1.0, 0.5, 0.1], dtype=np.float32)  # planes with very different means
+    assert net_alignment(PlaneByPlane()) == 4  # the wrapped network's grid
+    y, run = predict_tiles(PlaneByPlane(), img, tile=32, overlap=8)
+    psnr = 10 * np.log10(1 / np.mean((y.astype(np.float64) - _whole(PlaneByPlane(), img)) ** 2))
+    assert run.passes == 2 and psnr > 70
+
+
+def test_pool_passes_only_apply_to_networks_with_global_pools():
+    y, run = predict_tiles(_tiny_hat(), _image(96, 80), scale=2, tile=48, overlap=16, pool_passes=1)
+    assert run.passes == 1 and run.tiles > 1
+    with pytest.raises(ValueError, match="pool_passes"):
+        predict_tiles(_tiny_nafnet(), _image(32, 32), tile=16, overlap=4, pool_passes=-1)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -146,7 +221,7 @@ def test_small_image_is_one_forward_and_run_record_is_json():
     y, run = predict_tiles(_pointwise(), _image(20, 30), tile=32, overlap=8, precision="bf16")
     assert run.tiles == 1 and run.whole and run.precision == "bf16" and y.shape == (20, 30, 3)
     record = json.loads(json.dumps(run.as_dict()))
-    assert set(record) == {"tiles", "tile", "overlap", "whole", "precision", "seconds"}
+    assert set(record) == {"tiles", "tile", "overlap", "whole", "precision", "passes", "seconds"}
     assert isinstance(run, TileRun)
 
 
