@@ -351,8 +351,10 @@ def serve(
     except ValueError as e:
         _fail(str(e))
     if pipeline == "restore":
-        if task is None:
-            _fail("serve restore needs --task denoise, deblur or sr")
+        from imagingflows.pipelines.restoration import TASKS
+
+        if task not in TASKS:
+            _fail(f"serve restore needs --task {', '.join(TASKS[:-1])} or {TASKS[-1]}, got {task}")
         options = _restore_options(task, scale, weights, False, 512, 32, None, "auto", "auto")
     elif task is not None or scale is not None:
         _fail(f"--task and --scale are for restore, not {pipeline}")

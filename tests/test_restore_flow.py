@@ -323,6 +323,19 @@ def test_exit_2_when_the_checkpoint_or_options_do_not_fit(tmp_path, weights, arg
     assert not (tmp_path / "out" / "a.png").exists()
 
 
+@pytest.mark.parametrize("args, words", [
+    (["restore"], "serve restore needs --task"),
+    (["restore", "--task", "inpaint"], "got inpaint"),
+    (["segment", "--task", "denoise"], "are for restore, not segment"),
+    (["restore", "--task", "sr", "--scale", "2"], "schedules need a Prefect server"),
+])
+def test_serve_checks_its_options_before_serving(tmp_path, monkeypatch, args, words):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, output = _cli("serve", *args, "--input", tmp_path, "--output", tmp_path / "out", "--cron", "0 2 * * *")
+    assert code == 2, output
+    assert words in " ".join(output.split())
+
+
 def test_exit_2_without_bundled_demo_weights(tmp_path, monkeypatch):
     from imagingflows.models import backend
 
