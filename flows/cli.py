@@ -76,7 +76,7 @@ def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overla
 
 
 def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
-                     device, pool_passes=1) -> dict:
+                     device, pool_passes=1, whole_max_pixels=None) -> dict:
     return {
         "task": task,
         "scale": scale,
@@ -86,6 +86,7 @@ def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafn
         "overlap": overlap,
         "nafnet_local": list(nafnet_local) if nafnet_local else None,
         "pool_passes": pool_passes,
+        "whole_max_pixels": whole_max_pixels,
         "precision": precision,
         "device": device,
     }
@@ -189,6 +190,9 @@ def restore(
     pool_passes: int = typer.Option(
         1, min=0, help="NAFNet in tiles: passes that first measure whole-image channel means (each costs one "
                        "more forward per tile; 0: each tile pools over itself, as a plain tiled forward)."),
+    whole_max_pixels: Optional[int] = typer.Option(
+        None, min=0, help="NAFNet: run the whole image in one forward up to this many pixels (default: what "
+                          "fits about 2 GiB for the model's width; 0: always tiles)."),
     precision: str = typer.Option(
         "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -199,7 +203,7 @@ def restore(
 ) -> None:
     """Restore images (denoise, deblur, super-resolve); same bit depth, alpha and ICC profile kept."""
     options = _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
-                               device, pool_passes)
+                               device, pool_passes, whole_max_pixels)
     raise typer.Exit(_run_batch("restore", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 

@@ -259,7 +259,8 @@ def bad_batch(weights, tmp_path_factory):
     before = {p.name: _sha256(p) for p in src.rglob("*") if p.is_file()}
     out = src.parent / "out"
     code, output = _cli("restore", "--task", "denoise", "--input", src, "--output", out,
-                        "--weights", weights["nafnet"], "--device", "cpu", "--quiet")
+                        "--weights", weights["nafnet"], "--device", "cpu", "--quiet",
+                        "--whole-max-pixels", "0", "--tile", "32", "--overlap", "8")  # tiled, 2 passes
     return src, out, code, output, before
 
 
@@ -273,6 +274,9 @@ def test_bad_inputs_exit_1_and_good_ones_done(bad_batch):
     assert (out / "good.png").is_file() and (out / "sub" / "good2.png").is_file()
     for name in ("truncated.png", "empty.png", "notes.png", "photo.webp"):
         assert name in output  # the terminal names each failed file
+    assert run["config"]["whole_max_pixels"] == 0 and run["config"]["pool_passes"] == 1
+    good = run["items"]["good.png"]["inference"]  # 40 x 48: 2 x 2 tiles of 32, whole-image means measured first
+    assert (good["whole"], good["tiles"], good["passes"]) == (False, 4, 2)
 
 
 @pytest.mark.parametrize("name, words", [
