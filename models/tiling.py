@@ -20,10 +20,10 @@ random-weight HAT, against 4e-7 on the grid). By default the grid is read from t
 ``window_size`` attribute.
 
 Networks that pool over the whole image (NAFNet's channel attention, through
-:class:`~imagingflows.models.global_pool.GlobalAvgPool2d`) are run twice per tile when tiled:
-a first pass only measures each pool's whole-image mean (summed over tile cores that partition
-the image), the second pass uses those means in every tile and writes the output. Without it a
-tile's attention sees only the tile's own statistics (``pool_passes=0``).
+:class:`~imagingflows.models.global_pool.GlobalAvgPool2d`) run ``1 + pool_passes`` times per
+tile when tiled (twice by default): a first pass only measures each pool's whole-image mean
+(summed over tile cores that partition the image), the last pass uses those means in every
+tile and writes the output. With ``pool_passes=0`` a tile's attention sees only the tile.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from imagingflows.models.global_pool import global_pools, pooled_mode, reset_all, set_tile, settle_all
+from imagingflows.models.global_pool import global_pools, tiled_pooling
 from imagingflows.models.sliding_window import _AUTOCAST, resolve_precision
 
 
@@ -47,7 +47,7 @@ class TileRun:
     overlap: int = 0
     whole: bool = False  # True when one forward covered the whole image
     precision: str = "fp32"
-    passes: int = 1  # forward passes over all tiles (2 when whole-image pool means were measured first)
+    passes: int = 1  # forward passes over all tiles: 1 + pool_passes when whole-image pool means were measured
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -145,7 +145,8 @@ def predict_tiles(
 
     Args:
         net: ``(1, C, h, w)`` float32 in [0, 1] -> ``(1, C_out, h * scale, w * scale)``, any h, w
-            (in eval mode; the caller's module is not changed).
+            (in eval mode; the module is not changed: the pools' tiled state lives in a context
+            variable of this call, so threads may share ``net``).
         image: ``(H, W, C)`` uint8 / uint16 (divided by 255 / 65535) or float in [0, 1].
         scale: output size / input size (HAT's ``upscale``; 1 for NAFNet).
         tile: side of the input region one forward reads, context included.
@@ -164,6 +165,7 @@ def predict_tiles(
             layers (NAFNet) that runs in more than one tile: passes over the tiles that only
             measure whole-image channel means before the pass that uses them (1: each tile
             runs twice; 0: every tile pools over itself alone, as a plain tiled forward).
+            Needs the network's ``padder_size`` and ``align`` a multiple of it (ValueError otherwise).
     Returns:
         ``(H * scale, W * scale, C_out)`` array of ``out_dtype``, and what ran.
     """
@@ -181,8 +183,8 @@ def predict_tiles(
         rows, cols = tile_spans(h, tile, overlap, align), tile_spans(w, tile, overlap, align)
     tiles = [(r, c) for r in rows for c in cols]
     pools = global_pools(net)
-    pad = _find_attribute(net, "padder_size") or align
-    measure = pool_passes if pools and len(tiles) > 1 and align % pad == 0 else 0
+    measure = pool_passes if pools and len(tiles) > 1 else 0
+    pad = _pool_grid(net, align) if measure else 1
     info = TileRun(tiles=len(tiles), tile=tile, overlap=overlap, whole=len(tiles) == 1, precision=precision,
                    passes=1 + measure)
 
@@ -204,31 +206,43 @@ def predict_tiles(
         return y
 
     out = None
-    try:
-        with torch.inference_mode():
-            for p in range(measure + 1):
-                mode = ("measure" if p == 0 else "measure+fixed") if p < measure else ("fixed" if p else None)
-                with pooled_mode(pools, mode):
-                    for (r0, r1, kr0, kr1), (c0, c1, kc0, kc1) in tiles:
-                        if mode is not None:
-                            set_tile(pools, (-(-(r1 - r0) // pad) * pad, -(-(c1 - c0) // pad) * pad),
+    with torch.inference_mode(), tiled_pooling(pools if measure else []) as pooling:
+        for p in range(measure + 1):
+            pooling.mode = ("measure" if p == 0 else "measure+fixed") if p < measure else ("fixed" if p else None)
+            for (r0, r1, kr0, kr1), (c0, c1, kc0, kc1) in tiles:
+                if measure:
+                    pooling.set_tile((-(-(r1 - r0) // pad) * pad, -(-(c1 - c0) // pad) * pad),
                                      _core(r0, kr0, kr1, h, pad) + _core(c0, kc0, kc1, w, pad))
-                        y = forward(r0, r1, c0, c1)
-                        if p < measure:
-                            continue
-                        y = y[0, :, (kr0 - r0) * scale:(kr1 - r0) * scale, (kc0 - c0) * scale:(kc1 - c0) * scale]
-                        y = y.permute(1, 2, 0).float().cpu().numpy()  # (kept h * scale, kept w * scale, C_out)
-                        if out is None:
-                            out = np.empty((h * scale, w * scale, y.shape[2]), dtype=out_dtype)
-                        if out_max is not None:
-                            y = np.rint(np.clip(y, 0.0, 1.0) * out_max)
-                        out[kr0 * scale:kr1 * scale, kc0 * scale:kc1 * scale] = y
+                y = forward(r0, r1, c0, c1)
                 if p < measure:
-                    settle_all(pools)
-    finally:
-        reset_all(pools)
+                    continue
+                y = y[0, :, (kr0 - r0) * scale:(kr1 - r0) * scale, (kc0 - c0) * scale:(kc1 - c0) * scale]
+                y = y.permute(1, 2, 0).float().cpu().numpy()  # (kept h * scale, kept w * scale, C_out)
+                if out is None:
+                    out = np.empty((h * scale, w * scale, y.shape[2]), dtype=out_dtype)
+                if out_max is not None:
+                    y = np.rint(np.clip(y, 0.0, 1.0) * out_max)
+                out[kr0 * scale:kr1 * scale, kc0 * scale:kc1 * scale] = y
+            if p < measure:
+                pooling.settle()
     info.seconds = round(time.perf_counter() - t0, 3)
     return out, info
+
+
+def _pool_grid(net: torch.nn.Module, align: int) -> int:
+    """The network's own padding multiple (``padder_size``), checked against the tile grid ``align``.
+
+    Measuring whole-image means needs tile cores on the network's stride grid and the padded
+    size of each tile, so the network must say how it pads and tile origins must lie on that grid.
+    """
+    pad = _find_attribute(net, "padder_size")
+    if pad is None:
+        raise ValueError("pool_passes > 0 needs a network that says how it pads (a padder_size attribute); "
+                         "pass pool_passes=0 to pool over each tile alone")
+    if align % pad:
+        raise ValueError(f"pool_passes > 0 needs tile origins on the network's grid: align={align} is not a "
+                         f"multiple of its padder_size {pad}; pass align=None or pool_passes=0")
+    return pad
 
 
 def _core(lo: int, keep_lo: int, keep_hi: int, n: int, pad: int) -> tuple[int, int]:

@@ -187,6 +187,60 @@ def test_pool_means_are_kept_per_image_of_a_batch():
     assert run.passes == 2 and psnr > 70
 
 
+def test_threads_sharing_one_net_keep_their_own_pool_means():
+    """The thread runner shares one cached model between items: tiled calls must not mix their means."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = _tiny_nafnet()
+    images = [_half_dark(64, 80), _image(80, 64, seed=3), _image(64, 64, seed=4) * 0.2]
+    alone = [predict_tiles(net, img, tile=32, overlap=8)[0] for img in images]
+    whole_first = _whole(net, images[2])
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda img: predict_tiles(net, img, tile=32, overlap=8)[0], images))
+            for got, want in zip(results, alone):
+                np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(_whole(net, images[2]), whole_first)  # plain forwards are untouched
+
+
+def test_tiled_call_inside_another_keeps_the_outer_means():
+    net, img = _tiny_nafnet(), _half_dark(64, 80)
+    want, _ = predict_tiles(net, img, tile=32, overlap=8)
+    first, inner_calls = net.encoders[0][0].sca[0], []
+
+    def inner_call(*_):  # once, in the middle of the outer measuring pass
+        if not inner_calls:
+            inner_calls.append(None)
+            inner_calls[0] = predict_tiles(net, _image(40, 40), tile=24, overlap=4)[1]
+
+    hook = first.register_forward_hook(inner_call)
+    try:
+        got, _ = predict_tiles(net, img, tile=32, overlap=8)
+    finally:
+        hook.remove()
+    assert inner_calls[0].passes == 2
+    np.testing.assert_array_equal(got, want)
+
+
+def test_pool_passes_need_the_network_grid():
+    from imagingflows.models.global_pool import GlobalAvgPool2d
+
+    class Attention(nn.Module):  # pools globally, but has no padder_size to say how it pads
+        def __init__(self):
+            super().__init__()
+            self.pool = GlobalAvgPool2d()
+
+        def forward(self, x):
+            return x * self.pool(x)
+
+    with pytest.raises(ValueError, match="padder_size"):
+        predict_tiles(Attention(), _image(64, 64), tile=32, overlap=8)
+    with pytest.raises(ValueError, match="align=2 is not a multiple"):
+        predict_tiles(_tiny_nafnet(), _image(64, 64), tile=32, overlap=8, align=2)
+    y, run = predict_tiles(_tiny_nafnet(), _image(64, 64), tile=32, overlap=8, align=2, pool_passes=0)
+    assert run.passes == 1 and y.shape == (64, 64, 3)
+
+
 def test_pool_passes_only_apply_to_networks_with_global_pools():
     y, run = predict_tiles(_tiny_hat(), _image(96, 80), scale=2, tile=48, overlap=16, pool_passes=1)
     assert run.passes == 1 and run.tiles > 1
