@@ -106,8 +106,13 @@ def build_model(
         except (ValueError, KeyError, IndexError) as e:
             raise CheckpointError(f"{ckpt.path}: not a {spec.name} checkpoint as far as its keys tell: {e}") from e
         config = {**derived, **spec.foreign_defaults, **overrides}
-    net = spec.build(**config)
+    try:
+        net = spec.build(**config)
+    except ValueError as e:  # e.g. a hyper-parameter the weights cannot tell and nobody gave
+        raise CheckpointError(f"{ckpt.path}: {e}") from e
     state = ckpt.state_dict
+    if not ckpt.ours and spec.foreign_keys is not None:
+        state = spec.foreign_keys(state)
     omitted = ckpt.meta.get("omitted_buffers") or [] if ckpt.ours else []
     if omitted:
         bad = [k for k in omitted if not spec.is_derived_buffer(k)]

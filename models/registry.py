@@ -31,6 +31,9 @@ class ModelSpec:
         min_size: smallest spatial size the network accepts.
         description: one line for ``run-flow models``.
         derived_buffers: buffers (e.g. relative position indices) that need not be stored.
+        foreign_keys: ``sd -> sd`` applied to a checkpoint we did not write before the strict
+            load, for release files holding more than the network (Scale-MAE's pretraining
+            decoder); None keeps every key.
     """
 
     name: str
@@ -45,6 +48,7 @@ class ModelSpec:
     min_size: int = 1
     description: str = ""
     derived_buffers: tuple[str, ...] = ()  # name suffixes of buffers the constructor rebuilds exactly
+    foreign_keys: Callable[[Mapping[str, Any]], dict] | None = None
 
     def is_derived_buffer(self, key: str) -> bool:
         return any(key.endswith(suffix) for suffix in self.derived_buffers)
@@ -102,9 +106,9 @@ class Registry:
 
 
 def _default_specs() -> list[ModelSpec]:
-    from imagingflows.models import hat, nafnet, swin_unetr
+    from imagingflows.models import hat, nafnet, scalemae, swin_unetr
 
-    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC]
+    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC, scalemae.SPEC]
 
 
 REGISTRY = Registry(_default_specs())
