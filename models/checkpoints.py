@@ -65,7 +65,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def _safe_globals() -> list:
-    """The few non-tensor globals official medical checkpoints pickle, and nothing else."""
+    """The few non-tensor globals official checkpoints pickle, and nothing else.
+
+    numpy scalars and dtypes (MONAI's BraTS weights); ``argparse.Namespace`` and
+    ``pathlib.PosixPath`` (the training arguments that Scale-MAE's release file carries):
+    plain value containers whose reconstruction runs no code of the file's choosing.
+    """
+    import argparse
+    import pathlib
+
     import numpy as np
 
     scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
@@ -73,7 +81,7 @@ def _safe_globals() -> list:
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [dtypes.Float64DType, dtypes.Float32DType, dtypes.Int64DType]
-    return allowed
+    return allowed + [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath]
 
 
 def _load_raw(path: Path, trust: bool) -> Any:

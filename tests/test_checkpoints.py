@@ -107,9 +107,9 @@ def test_unknown_architecture_and_unsafe_pickle(tmp_path):
     with pytest.raises(UnknownModelError, match="matches no known architecture"):
         load_model(tmp_path / "other.pt")
 
-    from argparse import Namespace  # any global outside the allow-list (official files sometimes pickle args)
+    from fractions import Fraction  # any global outside the allow-list
 
-    torch.save({"state_dict": {"a": torch.zeros(1)}, "args": Namespace(lr=1e-4)}, tmp_path / "evil.pt")
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "args": Fraction(1, 3)}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         read_checkpoint(tmp_path / "evil.pt")
     (tmp_path / "trunc.pt").write_bytes((PARITY / "io.pt").read_bytes()[:1000])

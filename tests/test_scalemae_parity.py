@@ -103,6 +103,21 @@ def test_input_size_rules(encoder):
             net(torch.zeros(1, 3, 40, 48))
 
 
+def test_release_file_with_training_args_loads_without_trust(encoder, io, tmp_path):
+    """The real release also pickles ``args`` (an argparse.Namespace holding PosixPaths), the
+    optimizer, epoch and scaler: it must load on the weights-only path, giving the same encoder."""
+    import argparse
+    import pathlib
+
+    sd = read_checkpoint(CHECKPOINT).state_dict
+    args = argparse.Namespace(model="mae_vit_large_patch16", input_size=224, output_dir=pathlib.PosixPath("/out"))
+    torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}, "epoch": 799,
+                "scaler": {"scale": 65536.0}, "args": args}, tmp_path / "release.pth")
+    net = load_model(tmp_path / "release.pth", num_heads=4)
+    with torch.no_grad():
+        assert torch.equal(net(io["x_96"], io["res_96"]), encoder.module(io["x_96"], io["res_96"]))
+
+
 def test_missing_head_count_is_a_clear_error_naming_the_file():
     with pytest.raises(CheckpointError, match="scalemae-tiny.pth.*pass num_heads"):
         load(CHECKPOINT)
