@@ -69,7 +69,9 @@ def _safe_globals() -> list:
 
     numpy scalars and dtypes (MONAI's BraTS weights); ``argparse.Namespace`` and
     ``pathlib.PosixPath`` (the training arguments that Scale-MAE's release file carries):
-    plain value containers whose reconstruction runs no code of the file's choosing.
+    plain value containers whose reconstruction runs no code of the file's choosing. The list
+    applies to every architecture. Paths are also listed under their ``pathlib`` names, which
+    files pickled before Python 3.13 use (3.13 moved the classes to ``pathlib._local``).
     """
     import argparse
     import pathlib
@@ -81,7 +83,8 @@ def _safe_globals() -> list:
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [dtypes.Float64DType, dtypes.Float32DType, dtypes.Int64DType]
-    return allowed + [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath]
+    return allowed + [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath,
+                      (pathlib.PosixPath, "pathlib.PosixPath"), (pathlib.PurePosixPath, "pathlib.PurePosixPath")]
 
 
 def _load_raw(path: Path, trust: bool) -> Any:

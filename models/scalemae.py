@@ -39,8 +39,8 @@ from imagingflows.models.registry import ModelSpec
 OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}
 
 #: Key prefixes of the MAE pretraining model that the encoder does not use.
-MAE_ONLY_PREFIXES = ("decoder_blocks.", "decoder_embed.", "decoder_norm.", "decoder_pos_embed", "decoder_pred.",
-                     "fcn_high.", "fcn_low.", "fpn.", "mask_token", "mask_token_decoder")
+MAE_ONLY_PREFIXES = ("decoder_blocks.", "decoder_embed.", "decoder_norm.", "decoder_pos_embed", "fcn_high.",
+                     "fcn_low.", "fcn.", "fpn.", "pos_emb_projection.", "mask_token", "mask_token_decoder")
 
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -149,6 +149,9 @@ class ScaleMAEEncoder(nn.Module):
 
     def _res(self, res: float | Sequence[float] | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
         res = torch.as_tensor(res, dtype=torch.float32, device=device).reshape(-1)
+        if not bool(torch.isfinite(res).all()) or bool((res <= 0).any()):
+            raise ValueError(f"res must be finite and > 0 (a relative scale; 1.0 is the authors' default), "
+                             f"got {res.tolist()}")
         if res.numel() == 1:
             return res.expand(batch)
         if res.numel() != batch:
@@ -168,8 +171,18 @@ class ScaleMAEEncoder(nn.Module):
             tokens = block(tokens)
         return self.norm(tokens)
 
+    def feature_map(self, x: torch.Tensor, res: float | Sequence[float] | torch.Tensor = 1.0) -> torch.Tensor:
+        """``(B, C, H, W)`` -> patch tokens as a map ``(B, D, H / p, W / p)`` (for dense heads)."""
+        b, _, h, w = x.shape
+        tokens = self.forward_features(x, res)[:, 1:]
+        return tokens.transpose(1, 2).reshape(b, self.embed_dim, h // self.patch_size, w // self.patch_size)
+
     def forward(self, x: torch.Tensor, res: float | Sequence[float] | torch.Tensor = 1.0) -> torch.Tensor:
-        """``(B, C, H, W)`` -> class token ``(B, D)`` (the official ``forward_features`` output)."""
+        """``(B, C, H, W)`` -> class token ``(B, D)`` (the official ``forward_features`` output).
+
+        Upstream's ``global_pool`` alternative (mean of patch tokens through ``fc_norm``) needs an
+        ``fc_norm`` that the pretraining file does not have, so it is not offered.
+        """
         return self.forward_features(x, res)[:, 0]
 
 
@@ -184,7 +197,12 @@ def build(img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_di
                            norm_eps)
 
 
-DETECT_KEYS = ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight")
+#: The encoder's own keys (every timm-style ViT has them).
+ENCODER_KEYS = ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight")
+#: Detection also needs Scale-MAE's bandpass FPN decoder: a plain MAE or timm ViT file has the
+#: same encoder keys but a different position embedding, so it must not be taken for Scale-MAE.
+#: An encoder-only Scale-MAE file loads with ``arch="scalemae"`` (``--arch scalemae``).
+DETECT_KEYS = ENCODER_KEYS + ("fpn.fpn1.0.weight",)
 
 
 def select_encoder_keys(sd: Mapping[str, Any]) -> dict:
@@ -195,7 +213,7 @@ def select_encoder_keys(sd: Mapping[str, Any]) -> dict:
 
 def hparams_from_state_dict(sd: Mapping[str, Any]) -> dict:
     """Constructor arguments from keys and shapes; ``num_heads`` from :data:`OFFICIAL_HEADS` (else None)."""
-    missing = [k for k in DETECT_KEYS if k not in sd]
+    missing = [k for k in ENCODER_KEYS if k not in sd]
     if missing:
         raise ValueError(f"weights do not fit scalemae: missing in checkpoint: {', '.join(missing)}")
     proj = sd["patch_embed.proj.weight"]  # (D, C, p, p)

@@ -95,12 +95,24 @@ def test_res_forms_and_per_sample_values(encoder, io):
             net(x, [1.0, 2.0, 3.0])
 
 
-def test_input_size_rules(encoder):
+def test_input_size_rules_and_feature_map(encoder, io):
     net = encoder.module
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 32, 48)).shape == (1, 64)  # rectangular grids: same formula per axis
         with pytest.raises(ValueError, match="multiple of the patch size 16"):
             net(torch.zeros(1, 3, 40, 48))
+        with pytest.raises(ValueError, match="finite and > 0"):
+            net(io["x_96"], 0.0)
+        fmap = net.feature_map(io["x_96"], io["res_96"])  # (1, 64, 6, 6), token 1 + i * 6 + j at [i, j]
+        assert fmap.shape == (1, 64, 6, 6)
+        assert torch.equal(fmap[0, :, 2, 5], net.forward_features(io["x_96"], io["res_96"])[0, 1 + 2 * 6 + 5])
+
+
+def test_rectangular_grid_embedding_is_the_square_one_cut_to_size():
+    res = torch.tensor([1.0, 2.5])
+    square = gsd_pos_embed(64, (6, 6), res)[:, 1:].reshape(2, 6, 6, 64)
+    rect = gsd_pos_embed(64, (4, 6), res)[:, 1:].reshape(2, 4, 6, 64)
+    assert torch.equal(rect, square[:, :4])
 
 
 def test_release_file_with_training_args_loads_without_trust(encoder, io, tmp_path):
@@ -116,6 +128,34 @@ def test_release_file_with_training_args_loads_without_trust(encoder, io, tmp_pa
     net = load_model(tmp_path / "release.pth", num_heads=4)
     with torch.no_grad():
         assert torch.equal(net(io["x_96"], io["res_96"]), encoder.module(io["x_96"], io["res_96"]))
+
+
+def test_plain_vit_files_are_not_taken_for_scale_mae(tmp_path):
+    """A vanilla MAE / timm ViT has the same encoder keys but another position embedding:
+    detection needs Scale-MAE's decoder; an encoder-only file loads when the user says scalemae."""
+    from imagingflows.models.registry import UnknownModelError
+
+    encoder_only = {k: v for k, v in read_checkpoint(CHECKPOINT).state_dict.items() if _roles()[k] != "ignored"}
+    torch.save({"model": encoder_only}, tmp_path / "encoder.pth")
+    with pytest.raises(UnknownModelError, match="no known architecture"):
+        load(tmp_path / "encoder.pth", num_heads=4)
+    assert load(tmp_path / "encoder.pth", arch="scalemae", num_heads=4).spec.name == "scalemae"
+
+
+def test_paths_pickled_before_python_3_13_are_allowed():
+    """Files written by Python < 3.13 name ``pathlib PosixPath`` (3.13 moved it to pathlib._local):
+    a hand-written pickle with that global goes through torch's weights-only unpickler."""
+    import io as bytes_io
+
+    from torch.serialization import _weights_only_unpickler  # what torch.load(weights_only=True) runs
+
+    from imagingflows.models.checkpoints import _safe_globals
+
+    raw = (b"\x80\x02}q\x00X\n\x00\x00\x00output_dirq\x01cpathlib\nPosixPath\nq\x02X\x04\x00\x00\x00/outq\x03"
+           b"\x85q\x04Rq\x05s.")  # {"output_dir": pathlib.PosixPath("/out")}, protocol 2
+    with torch.serialization.safe_globals(_safe_globals()):
+        obj = _weights_only_unpickler.load(bytes_io.BytesIO(raw), encoding="utf-8")
+    assert str(obj["output_dir"]) == "/out"
 
 
 def test_missing_head_count_is_a_clear_error_naming_the_file():
