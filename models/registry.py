@@ -106,9 +106,9 @@ class Registry:
 
 
 def _default_specs() -> list[ModelSpec]:
-    from imagingflows.models import hat, nafnet, scalemae, swin_unetr
+    from imagingflows.models import hat, nafnet, scale_mae, swin_unetr
 
-    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC, scalemae.SPEC]
+    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC, scale_mae.SPEC]
 
 
 REGISTRY = Registry(_default_specs())

@@ -17,7 +17,7 @@ import torch
 
 from imagingflows.models import CheckpointError, load, load_model, read_checkpoint, save_checkpoint
 from imagingflows.models.registry import REGISTRY
-from imagingflows.models.scalemae import gsd_pos_embed
+from imagingflows.models.scale_mae import gsd_pos_embed
 
 DATA = Path(__file__).parent / "data" / "parity_scalemae"
 CHECKPOINT = DATA / "scalemae-tiny.pth"
@@ -43,7 +43,7 @@ def _roles() -> dict[str, str]:
 def test_release_layout_is_detected_and_hparams_read(encoder):
     ckpt = read_checkpoint(CHECKPOINT)  # weights_only: no trust needed
     assert ckpt.container == "model" and not ckpt.ours
-    assert REGISTRY.detect(ckpt.state_dict).name == "scalemae"
+    assert REGISTRY.detect(ckpt.state_dict).name == "scale_mae"
     official = json.loads((DATA / "config.json").read_text())["encoder_kwargs"]
     for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias"):
         assert encoder.config[key] == official[key], key
@@ -132,14 +132,14 @@ def test_release_file_with_training_args_loads_without_trust(encoder, io, tmp_pa
 
 def test_plain_vit_files_are_not_taken_for_scale_mae(tmp_path):
     """A vanilla MAE / timm ViT has the same encoder keys but another position embedding:
-    detection needs Scale-MAE's decoder; an encoder-only file loads when the user says scalemae."""
+    detection needs Scale-MAE's decoder; an encoder-only file loads when the user says scale_mae."""
     from imagingflows.models.registry import UnknownModelError
 
     encoder_only = {k: v for k, v in read_checkpoint(CHECKPOINT).state_dict.items() if _roles()[k] != "ignored"}
     torch.save({"model": encoder_only}, tmp_path / "encoder.pth")
     with pytest.raises(UnknownModelError, match="no known architecture"):
         load(tmp_path / "encoder.pth", num_heads=4)
-    assert load(tmp_path / "encoder.pth", arch="scalemae", num_heads=4).spec.name == "scalemae"
+    assert load(tmp_path / "encoder.pth", arch="scale_mae", num_heads=4).spec.name == "scale_mae"
 
 
 def test_paths_pickled_before_python_3_13_are_allowed():
@@ -172,7 +172,7 @@ def test_unknown_key_is_reported_not_dropped(tmp_path):
 
 
 def test_our_file_round_trips(encoder, io, tmp_path):
-    save_checkpoint(tmp_path / "ours.pt", encoder.module, arch="scalemae", config=encoder.config)
+    save_checkpoint(tmp_path / "ours.pt", encoder.module, arch="scale_mae", config=encoder.config)
     again = load_model(tmp_path / "ours.pt")  # our file carries num_heads
     with torch.no_grad():
         assert torch.equal(again(io["x_96"], io["res_96"]), encoder.module(io["x_96"], io["res_96"]))

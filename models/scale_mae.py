@@ -201,7 +201,7 @@ def build(img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_di
 ENCODER_KEYS = ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight")
 #: Detection also needs Scale-MAE's bandpass FPN decoder: a plain MAE or timm ViT file has the
 #: same encoder keys but a different position embedding, so it must not be taken for Scale-MAE.
-#: An encoder-only Scale-MAE file loads with ``arch="scalemae"`` (``--arch scalemae``).
+#: An encoder-only Scale-MAE file loads with ``arch="scale_mae"`` (``--arch scale_mae``).
 DETECT_KEYS = ENCODER_KEYS + ("fpn.fpn1.0.weight",)
 
 
@@ -215,7 +215,7 @@ def hparams_from_state_dict(sd: Mapping[str, Any]) -> dict:
     """Constructor arguments from keys and shapes; ``num_heads`` from :data:`OFFICIAL_HEADS` (else None)."""
     missing = [k for k in ENCODER_KEYS if k not in sd]
     if missing:
-        raise ValueError(f"weights do not fit scalemae: missing in checkpoint: {', '.join(missing)}")
+        raise ValueError(f"weights do not fit scale_mae: missing in checkpoint: {', '.join(missing)}")
     proj = sd["patch_embed.proj.weight"]  # (D, C, p, p)
     dim, chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[-1])
     depth = len({m.group(1) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
@@ -230,7 +230,7 @@ def hparams_from_state_dict(sd: Mapping[str, Any]) -> dict:
 
 
 SPEC = ModelSpec(
-    name="scalemae",
+    name="scale_mae",
     build=build,
     default_config={"img_size": 224, "patch_size": 16, "in_chans": 3, "embed_dim": 1024, "depth": 24,
                     "num_heads": 16, "mlp_ratio": 4.0, "qkv_bias": True, "norm_eps": 1e-6},
