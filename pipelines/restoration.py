@@ -104,14 +104,22 @@ def _is_preview_file(rel: PurePosixPath) -> bool:
 
 
 def _walk(folder: Path) -> list[Path]:
-    """Files under ``folder``, recursively, sorted; hidden entries and our output trees (run.json) skipped."""
+    """Files under ``folder``, recursively, sorted; hidden entries and our output trees (run.json) skipped.
+
+    Folder symlinks are followed, each real folder once (a link back up the tree is not a loop).
+    """
     out: list[Path] = []
+    seen: set[Path] = set()
 
     def visit(d: Path, top: bool) -> None:
         try:
+            real = d.resolve()
             entries = sorted(d.iterdir())
         except OSError:
             return
+        if real in seen:
+            return
+        seen.add(real)
         if not top and (d / "run.json").is_file():
             return  # an imagingflows output folder inside the input: never take outputs as inputs
         for e in entries:
@@ -133,12 +141,13 @@ def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str,
     input_dir = Path(input_dir)
     items: list[Item] = []
     errors: list[tuple[str, str]] = []
-    claimed: dict[str, str] = {}  # output path (case-folded) -> item id that writes it
+    claimed: dict[str, str] = {}  # output or preview path (case-folded) -> item id that writes it
     files = _walk(input_dir)
     if (input_dir / "run.json").is_file():  # an earlier output folder used as input: its previews are no inputs
         files = [p for p in files if not _is_preview_file(PurePosixPath(p.relative_to(input_dir).as_posix()))]
     # a file whose output keeps its own name claims that name before a JPEG mapped onto it
-    files.sort(key=lambda p: (p.suffix.lower() in JPEG_SUFFIXES, p.as_posix()))
+    files.sort(key=lambda p: (p.relative_to(input_dir).parts[0] == PREVIEW_DIR, p.suffix.lower() in JPEG_SUFFIXES,
+                             p.as_posix()))
     for path in files:
         rel = path.relative_to(input_dir).as_posix()
         suffix = path.suffix.lower()
@@ -148,12 +157,14 @@ def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str,
             continue
         if suffix not in IMAGE_SUFFIXES:
             continue
-        out = output_rel(rel)
-        if (other := claimed.get(out.casefold())) is not None:
-            errors.append((rel, f"{path}: its output {out} would overwrite the output of {other}; "
-                                "rename one of the two files"))
+        out, preview = output_rel(rel), preview_rel(rel)
+        clash = next(((kind, p) for kind, p in (("output", out), ("preview", preview)) if p.casefold() in claimed),
+                     None)
+        if clash is not None:
+            errors.append((rel, f"{path}: its {clash[0]} {clash[1]} would overwrite the output of "
+                                f"{claimed[clash[1].casefold()]}; rename one of the two files"))
             continue
-        claimed[out.casefold()] = rel
+        claimed[out.casefold()] = claimed[preview.casefold()] = rel
         items.append(Item(rel, {"image": str(path)}))
     items.sort(key=lambda i: i.id)
     return items, errors

@@ -5,7 +5,7 @@ Reading (:func:`read_image`) gives an :class:`ImageData`:
 * ``array``: ``(H, W, C)`` in the file's own sample type, uint8 or uint16. C is 1 (gray), 2 (gray + alpha),
   3 (RGB) or 4 (RGBA). **Alpha is kept** as the last channel, so writing the array back loses nothing;
   ``.color`` and ``.alpha`` (and :func:`split_alpha` / :func:`merge_alpha`) split it off for a model that
-  takes colour only. Alpha is stored as in the file (premultiplied TIFF alpha stays premultiplied; a note says so).
+  takes colour only. Alpha is straight: premultiplied TIFF/Pillow alpha is converted on reading (a note says so).
 * ``bit_depth`` 8 or 16, ``icc_profile`` (bytes or None), ``orientation_applied`` (the EXIF orientation
   that was applied to the pixels, 1 = none), and ``notes``: every conversion made, in words, for run.json.
 * Orientation: the EXIF (or XMP, or TIFF tag 274) orientation is applied to the pixels with the
@@ -119,6 +119,19 @@ class ImageData:
             "orientation_applied": self.orientation_applied,
             "notes": list(self.notes),
         }
+
+
+def unpremultiply(array: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` with premultiplied colour and alpha last -> straight colour, same dtype.
+
+    ``colour * max / alpha``, rounded and clipped; colour is 0 where alpha is 0 (nothing to recover).
+    """
+    top = float(np.iinfo(array.dtype).max)
+    alpha = array[..., -1:].astype(np.float64)
+    colour = np.where(alpha > 0, array[..., :-1] * top / np.maximum(alpha, 1), 0.0)
+    out = array.copy()
+    out[..., :-1] = np.rint(np.clip(colour, 0, top)).astype(array.dtype)
+    return out
 
 
 def split_alpha(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -393,8 +406,9 @@ def _read_tiff(path: Path) -> ImageData:
     colour = 3 if photometric == tifffile.PHOTOMETRIC.RGB else 1
     c = array.shape[2]
     if c == colour + 1 and extrasamples and extrasamples[0] in (1, 2):
-        if extrasamples[0] == 1:
-            notes.append("associated (premultiplied) alpha kept as stored")
+        if extrasamples[0] == 1:  # restoring premultiplied colour would darken edges; files we write say straight
+            notes.append("associated (premultiplied) alpha converted to straight alpha")
+            array = unpremultiply(array)
     elif c > colour:
         if c - colour == len(extrasamples) and all(e == 0 for e in extrasamples) and colour == 3:
             notes.append(f"{c - colour} extra sample(s) of unspecified meaning dropped")
