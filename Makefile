@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, make, git):
 #   make demo   install into .venv, then segment the bundled sample cases into demo_out/ and
-#               denoise / upscale x2 noisy and low-res copies of the sample images (demo_out/restore/)
+#               denoise / upscale x2 / deblur degraded copies of the sample images (demo_out/restore/)
 #   make test   install into .venv, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,9 +24,11 @@ demo: install
 	$(TEST_ENV) $(VENV)/bin/run-flow segment --input sample_data/brats --output demo_out
 	$(PY) -m sample_data.restore --degrade denoise --out demo_out/restore/noisy > /dev/null
 	$(PY) -m sample_data.restore --degrade sr --out demo_out/restore/lowres > /dev/null
+	$(PY) -m sample_data.restore --degrade deblur --out demo_out/restore/blurred > /dev/null
 	$(TEST_ENV) $(VENV)/bin/run-flow restore --task denoise --input demo_out/restore/noisy --output demo_out/restore/denoised
 	$(TEST_ENV) $(VENV)/bin/run-flow restore --task sr --scale 2 --input demo_out/restore/lowres --output demo_out/restore/sr
-	@echo "open demo_out/report.html, demo_out/restore/denoised/report.html, demo_out/restore/sr/report.html"
+	$(TEST_ENV) $(VENV)/bin/run-flow restore --task deblur --input demo_out/restore/blurred --output demo_out/restore/deblurred
+	@echo "open demo_out/report.html and demo_out/restore/{denoised,sr,deblurred}/report.html"
 
 test: install
 	PREFECT_HOME=$$(mktemp -d) $(TEST_ENV) $(PY) -m pytest -q
