@@ -359,7 +359,7 @@ def serve(
 
         if task not in TASKS:
             _fail(f"serve restore needs --task {', '.join(TASKS[:-1])} or {TASKS[-1]}, got {task}")
-        options = _restore_options(task, scale, weights, False, 512, 32, None, "auto", "auto")
+        options = _restore_options(task, scale, weights, False, None, None, None, "auto", "auto")  # pipeline defaults
     elif task is not None or scale is not None:
         _fail(f"--task and --scale are for restore, not {pipeline}")
     else:

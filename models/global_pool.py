@@ -6,8 +6,7 @@ whole-image output wherever tiles differ in content (a dark tile next to a brigh
 
 :class:`GlobalAvgPool2d` is a drop-in for ``nn.AdaptiveAvgPool2d(1)`` (no parameters, so state
 dicts are unchanged). Inside a :class:`TiledPooling` session (opened by
-:func:`~imagingflows.models.tiling.predict_tiles` when it tiles such a network) it has two
-more modes:
+:func:`~imagingflows.models.tiling.predict_tiles` when it tiles such a network) a pass may:
 
 - ``measure``: behave as the plain pool (the tile's own mean) and add the sum of the map over the
   tile's *core* (the part of the padded image this tile owns; cores partition it) to a float64
@@ -49,7 +48,8 @@ class TiledPooling:
     """The per-call state of the pools of one network while it runs in tiles (see module doc)."""
 
     def __init__(self, pools: list["GlobalAvgPool2d"]) -> None:
-        self.mode: str | None = None  # None (plain), "measure", "fixed", "measure+fixed"
+        self.measure = False  # add each pool's map, summed over the tile's core, to its accumulator
+        self.fixed = False  # return the means settled from the previous pass instead of the tile's own
         self.input_size: tuple[int, int] | None = None  # padded (H, W) of the next network input
         self.core: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) in padded-input pixels
         self.state = {id(pool): _Accumulator() for pool in pools}
@@ -68,14 +68,12 @@ class TiledPooling:
 
     def pool(self, module: "GlobalAvgPool2d", x: torch.Tensor) -> torch.Tensor:
         acc = self.state.get(id(module))
-        if acc is None or self.mode is None:
-            return F.adaptive_avg_pool2d(x, 1)
-        if "measure" in self.mode:
+        if acc is not None and self.measure:
             self._accumulate(acc, x)
-        if "fixed" not in self.mode:
+        if acc is None or not self.fixed:
             return F.adaptive_avg_pool2d(x, 1)
         if acc.fixed is None:
-            raise RuntimeError("GlobalAvgPool2d in 'fixed' mode before any measure pass")
+            raise RuntimeError("GlobalAvgPool2d asked for fixed means before any measuring pass")
         if acc.fixed.shape[:2] != x.shape[:2]:
             raise RuntimeError(f"GlobalAvgPool2d measured means of shape {tuple(acc.fixed.shape[:2])} "
                                f"but is given a batch of shape {tuple(x.shape[:2])}")
@@ -112,7 +110,11 @@ def global_pools(net: nn.Module) -> list[GlobalAvgPool2d]:
 
 @contextmanager
 def tiled_pooling(pools: list[GlobalAvgPool2d]) -> Iterator[TiledPooling]:
-    """A session for ``pools`` in the current thread / context; plain pooling again on exit."""
+    """A session for ``pools`` in the current thread / context; plain pooling again on exit.
+
+    A session without pools is not a no-op: it hides an outer session, so a forward nested in a
+    measuring pass (another image, another call) neither adds to nor uses the outer sums.
+    """
     session = TiledPooling(pools)
     token = _SESSION.set(session)
     try:

@@ -208,7 +208,7 @@ def predict_tiles(
     out = None
     with torch.inference_mode(), tiled_pooling(pools if measure else []) as pooling:
         for p in range(measure + 1):
-            pooling.mode = ("measure" if p == 0 else "measure+fixed") if p < measure else ("fixed" if p else None)
+            pooling.measure, pooling.fixed = p < measure, p > 0
             for (r0, r1, kr0, kr1), (c0, c1, kc0, kc1) in tiles:
                 if measure:
                     pooling.set_tile((-(-(r1 - r0) // pad) * pad, -(-(c1 - c0) // pad) * pad),

@@ -23,10 +23,10 @@ Conventions (each applied conversion is listed in the item's ``notes`` in run.js
   whole image) and in overlapping tiles otherwise; the budget is about 2 GiB of activations
   (``whole_max_pixels``, from the model width unless given). In tiles, a first pass measures the
   whole-image channel means and the second uses them (``pool_passes``, default 1; 0 lets each tile
-  pool over itself: half the time, measured 43 dB instead of 52 dB PSNR against the whole-image output). HAT always runs
-  in tiles (its attention is local, so tiles with ``overlap`` pixels of context agree closely with a
-  whole-image forward; keep tile and overlap multiples of its window size, as the defaults 512 and 32
-  are). ``inference`` in run.json says what ran.
+  pool over itself: half the time, measured 43 dB instead of 52 dB PSNR against the whole-image
+  output). HAT always runs in tiles (its attention is local, so tiles with ``overlap`` pixels of
+  context agree closely with a whole-image forward; keep tile and overlap multiples of its window
+  size, as the defaults 512 and 32 are). ``inference`` in run.json says what ran.
 - EXIF orientation is applied on reading (outputs are upright and carry no orientation tag); palette
   and CMYK images are converted to RGB (see :mod:`imagingflows.tasks.image_io`).
 - Metrics (``evaluate``): PSNR/SSIM in the BasicSR recipe (:mod:`imagingflows.tasks.evaluate`), RGB
