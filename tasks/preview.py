@@ -41,6 +41,12 @@ _DEFAULT_PALETTE = (
 MIN_PREVIEW_PX = 256
 MAX_PREVIEW_PX = 1024
 
+LABEL_BAND_PX = 20  # height of the caption band above a before/after pair
+_FONT_PX = 13
+_TEXT_DARK, _TEXT_LIGHT = (20, 20, 20), (240, 240, 240)
+_LEGEND_BG = (32, 32, 32)
+_SWATCH_PX = 12
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -196,6 +202,84 @@ def _prepare(image, labels, colors, center):
     return window(img), lab, _color_table(lab, colors), c
 
 
+# ----------------------------------------------------------------------------- text
+
+
+def _font():
+    """Pillow's bundled default font (no files, no downloads): scalable Aileron where FreeType is
+    built in, the fixed bitmap font otherwise."""
+    from PIL import ImageFont, features
+
+    if features.check("freetype2"):
+        return ImageFont.load_default(size=_FONT_PX)
+    return ImageFont.load_default()
+
+
+def _text_width(draw, text: str, font) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return int(right - left)
+
+
+def _draw_text_mid(draw, x: int, mid_y: int, text: str, fill, font) -> None:
+    """Text starting at column ``x``, vertically centred on row ``mid_y`` (no ``anchor``: the
+    bitmap fallback font does not take one)."""
+    _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((x, mid_y - (top + bottom) // 2), text, fill=fill, font=font)
+
+
+def _caption_band(widths: list[int], gap: int, texts: list[str], background: int) -> np.ndarray:
+    """A (LABEL_BAND_PX, sum(widths) + gaps, 3) uint8 band with each text left-aligned over its column.
+
+    Text wider than its column is clipped at the column's edge.
+    """
+    from PIL import Image, ImageDraw
+
+    total = sum(widths) + gap * (len(widths) - 1)
+    band = np.full((LABEL_BAND_PX, total, 3), background, dtype=np.uint8)
+    ink = _TEXT_DARK if background > 127 else _TEXT_LIGHT
+    font, x0 = _font(), 0
+    for w, text in zip(widths, texts):
+        cell = Image.fromarray(band[:, x0:x0 + w].copy())
+        _draw_text_mid(ImageDraw.Draw(cell), 3, LABEL_BAND_PX // 2, str(text), ink, font)
+        band[:, x0:x0 + w] = np.asarray(cell)
+        x0 += w + gap
+    return band
+
+
+RGB = tuple[int, int, int]
+
+
+def legend_entries(table: Mapping[int, RGB], names: Mapping | None = None) -> list[tuple[str, RGB]]:
+    """``[("1 NCR", rgb), ...]`` for the label values of a colour table, in value order.
+
+    ``names`` maps label values to names; a value it does not name is shown as the bare number.
+    """
+    named = {int(k): str(v) for k, v in (names or {}).items()}
+    return [(f"{v} {named[v]}" if v in named else str(v), tuple(table[v])) for v in sorted(table)]
+
+
+def _legend_band(width: int, entries: list[tuple[str, RGB]]) -> np.ndarray:
+    """(H, width, 3) uint8: a colour swatch and its text per entry on a dark band, wrapping into rows."""
+    from PIL import Image, ImageDraw
+
+    font, pad, row_h = _font(), 6, LABEL_BAND_PX
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, row = [], pad, 0
+    for text, rgb in entries:
+        w = _SWATCH_PX + 4 + _text_width(probe, text, font)
+        if x > pad and x + w > width - pad:
+            x, row = pad, row + 1
+        placed.append((x, row, text, rgb))
+        x += w + 2 * pad
+    im = Image.new("RGB", (width, (row + 1) * row_h + 4), _LEGEND_BG)
+    draw = ImageDraw.Draw(im)
+    for x, row, text, rgb in placed:
+        mid = 2 + row * row_h + row_h // 2
+        draw.rectangle([x, mid - _SWATCH_PX // 2, x + _SWATCH_PX - 1, mid + _SWATCH_PX // 2 - 1], fill=tuple(rgb))
+        _draw_text_mid(draw, x + _SWATCH_PX + 4, mid, text, _TEXT_LIGHT, font)
+    return np.asarray(im)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -220,7 +304,8 @@ def save_overlay_previews(image: np.ndarray, labels: np.ndarray, out_dir: Path, 
                           colors: dict[int, tuple[int, int, int]] | None, *,
                           center: tuple[int, int, int] | None = None,
                           spacing: tuple[float, float, float] = (1, 1, 1),
-                          alpha: float = 0.45) -> list[Path]:
+                          alpha: float = 0.45, names: Mapping[int, str] | None = None,
+                          legend: bool = True) -> list[Path]:
     """Write ``out_dir/preview_{axial,coronal,sagittal}.png`` atomically and return their paths.
 
     Each slice is resampled so that its pixel aspect follows the voxel ``spacing`` (mm along
@@ -228,6 +313,11 @@ def save_overlay_previews(image: np.ndarray, labels: np.ndarray, out_dir: Path, 
     to about 256 px on their shorter side (grey bilinear, labels nearest, outlines drawn at the
     output resolution). ``stem`` (the item id) is not part of the file names, which the output
     tree fixes; it only labels errors.
+
+    With ``legend`` (the default) and any label in the volume, a dark band below the slice names
+    each label value of the volume next to a swatch of its colour (``"1 NCR"`` with
+    ``names={1: "NCR"}``, the bare value ``"1"`` for values ``names`` does not name); the slice
+    itself keeps the size :func:`preview_size` gives, in the top rows of the PNG.
     """
     out_dir = Path(out_dir)
     try:
@@ -241,6 +331,8 @@ def save_overlay_previews(image: np.ndarray, labels: np.ndarray, out_dir: Path, 
         g2, l2 = _extract(grey, view, c), _extract(lab, view, c)
         size = preview_size(g2.shape, _pixel_spacing(view, spacing))
         rgb = _compose(_resize(g2, size, nearest=False), _resize(l2, size, nearest=True), table, alpha)
+        if legend and table:
+            rgb = np.concatenate([rgb, _legend_band(rgb.shape[1], legend_entries(table, names))], axis=0)
         paths.append(write_png(out_dir / f"preview_{view}.png", rgb))
     return paths
 
@@ -268,19 +360,27 @@ def _to_rgb_u8(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def before_after(before: np.ndarray, after: np.ndarray, *, gap: int = 4, background: int = 255) -> np.ndarray:
-    """``before`` and ``after`` side by side as one (H, W1 + gap + W2, 3) uint8 image.
+def before_after(before: np.ndarray, after: np.ndarray, *, gap: int = 4, background: int = 255,
+                 labels: tuple[str, str] | None = ("input", "output")) -> np.ndarray:
+    """``before`` and ``after`` side by side as one (B + H, W1 + gap + W2, 3) uint8 image.
 
     Inputs are (H, W) or (H, W, 3), floats in [0, 1] or uint8 (uint16 is scaled from 0-65535).
     Images of different heights are top-aligned on a ``background`` canvas (white by default),
-    which also fills the ``gap``-pixel separator.
+    which also fills the ``gap``-pixel separator. ``labels`` (before, after) are written in a
+    ``B = LABEL_BAND_PX`` band above each image (dark text on a light background, clipped to the
+    image's width); ``labels=None`` gives the bare pair (``B = 0``).
     """
     a, b = _to_rgb_u8(before), _to_rgb_u8(after)
     h = max(a.shape[0], b.shape[0])
     out = np.full((h, a.shape[1] + gap + b.shape[1], 3), background, dtype=np.uint8)
     out[: a.shape[0], : a.shape[1]] = a
     out[: b.shape[0], a.shape[1] + gap:] = b
-    return out
+    if labels is None:
+        return out
+    if len(labels) != 2:
+        raise ValueError(f"labels must be two strings (before, after), got {labels!r}")
+    band = _caption_band([a.shape[1], b.shape[1]], gap, [str(t) for t in labels], background)
+    return np.concatenate([band, out], axis=0)
 
 
 def detail_box(image: np.ndarray, size: int) -> tuple[int, int]:

@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 from .write import write_bytes
 
-THUMB_PX = 256
 SHA_SHORT = 12
 _ERROR_CELL_CHARS = 120
 
@@ -192,6 +191,42 @@ def _previews(item: dict) -> list[str]:
     return _path_list(outputs.get("previews", item.get("previews")))
 
 
+def _warnings(item: dict) -> list[str]:
+    """An item's ``warnings`` (a list of strings; a lone string is one warning) as non-empty strings."""
+    w = item.get("warnings")
+    if isinstance(w, str):
+        w = [w]
+    if not isinstance(w, (list, tuple)):
+        return []
+    return [t for t in (_format_other(x).strip() for x in w if x is not None) if t]
+
+
+def _warning_count_text(items: list[tuple[str, dict]]) -> str:
+    """``"3 warnings in 2 items"`` (``""`` without warnings)."""
+    per_item = [len(_warnings(it)) for _, it in items]
+    total, hit = sum(per_item), sum(1 for n in per_item if n)
+    if not total:
+        return ""
+    return f"{total} warning{'s' if total != 1 else ''} in {hit} item{'s' if hit != 1 else ''}"
+
+
+def _demo_notice(manifest: dict) -> str:
+    """The notice for the run-level ``demo_weights`` key (``{"file", "trained_on"}``); ``""`` without it.
+
+    Only the file's name is shown (the path may name the user's home).
+    """
+    d = manifest.get("demo_weights")
+    if d in (None, False, "", {}, []):
+        return ""
+    file, trained = (d.get("file"), d.get("trained_on")) if isinstance(d, dict) else (d, None)
+    text = "Demo weights"
+    if isinstance(file, (str, os.PathLike)) and os.fspath(file):
+        text += ": " + os.fspath(file).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if trained not in (None, ""):
+        text += f" — trained on {_format_other(trained)}"
+    return text + "; not for clinical or real data use."
+
+
 def _figures(manifest: dict) -> list[str]:
     return _path_list(manifest.get("figures"))
 
@@ -314,6 +349,9 @@ def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
     manifest = manifest if isinstance(manifest, dict) else {}
     items = _items(manifest)
     out: list[str] = [f"# {_md(_title(manifest))}", ""]
+    notice = _demo_notice(manifest)
+    if notice:
+        out += [f"> **{_md(notice)}**", ""]
 
     meta = []
     if manifest.get("anonymized") is True:
@@ -329,14 +367,18 @@ def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
     if "total_seconds" in counts:
         count_text += f" ({format_seconds(counts['total_seconds'])} s of item time)"
     meta.append(f"items: {_md(count_text)}")
+    if _warning_count_text(items):
+        meta.append(f"**{_warning_count_text(items)}**")
     out += [f"- {m}" for m in meta] + [""]
 
     summary_keys = _union_keys(_flatten(it.get("summary")) for _, it in items)
     metric_keys = _union_keys(_flatten(it.get("metrics")) for _, it in items)
 
+    any_warnings = any(_warnings(it) for _, it in items)
     out += ["## Items", ""]
     if items:
-        header = ["id", "status", "seconds", *summary_keys, *metric_keys, "error"]
+        header = ["id", "status", "seconds", *summary_keys, *metric_keys, *(["warnings"] if any_warnings else []),
+                  "error"]
         rows = []
         for iid, it in items:
             s, m = _flatten(it.get("summary")), _flatten(it.get("metrics"))
@@ -348,6 +390,7 @@ def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
                 format_seconds(it.get("seconds")),
                 *(_md(format_value(s.get(k))) for k in summary_keys),
                 *(_md(format_metric(m.get(k))) for k in metric_keys),
+                *([str(len(_warnings(it))) if _warnings(it) else ""] if any_warnings else []),
                 _md(_first_line(str(err))) if err else "",
             ]
             rows.append(row)
@@ -360,6 +403,12 @@ def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
         out += ["## Failed items", ""]
         for iid, it in failed:
             out += [f"### {_md(iid)}", "", _md_fence(str(it.get("error") or "(no error message recorded)")), ""]
+
+    warned = [(iid, _warnings(it)) for iid, it in items if _warnings(it)]
+    if warned:
+        out += ["## Warnings", ""]
+        for iid, texts in warned:
+            out += [f"### {_md(iid)}", ""] + [f"- {_md(t)}" for t in texts] + [""]
 
     with_previews = [(iid, _previews(it)) for iid, it in items]
     with_previews = [(iid, p) for iid, p in with_previews if p]
@@ -424,9 +473,15 @@ tr.skipped td { color: #666; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: .6em; overflow-x: auto; font-size: .85em;
       white-space: pre-wrap; word-break: break-word; }
 .failed-item pre { background: #fff5f5; border-color: #ffcecb; }
-.previews { display: flex; flex-wrap: wrap; gap: .6em; }
+.notice { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 4px; padding: .5em .8em;
+          font-weight: 600; color: #4d2d00; }
+.counts .warnings { color: #9a6700; }
+tr.warned td.warn { background: #fff8c5; }
+.warnings-item ul { margin: .2em 0 .8em; color: #6b4400; }
+.previews { display: flex; flex-wrap: wrap; gap: .6em; overflow-x: auto; }
 figure { margin: 0; }
-figure img { width: 256px; height: auto; border: 1px solid #d0d7de; image-rendering: auto; }
+/* previews at their own pixel size: labels and thin outlines stay legible; wide ones scroll */
+.previews img { max-width: none; width: auto; height: auto; border: 1px solid #d0d7de; }
 figcaption { font-size: .8em; color: #555; text-align: center; }
 .figure img { max-width: 100%; height: auto; }
 table.kv th { width: 12em; }
@@ -473,6 +528,9 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
         "</head><body>",
         f"<h1>{_h(title)}</h1>",
     ]
+    notice = _demo_notice(manifest)
+    if notice:
+        b.append(f'<p class="notice demo-weights">{_h(notice)}</p>')
     if manifest.get("anonymized") is True:
         b.append('<p class="meta"><span class="anon">case ids anonymised</span></p>')
     times = []
@@ -491,11 +549,14 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
           for k in ("done", "failed", "skipped", "other") if k in counts]
     if "total_seconds" in counts:
         cs.append(f'<span class="seconds">{_h(format_seconds(counts["total_seconds"]))} s item time</span>')
+    if _warning_count_text(items):
+        cs.append(f'<span class="warnings">{_h(_warning_count_text(items))}</span>')
     b.append(f'<p class="counts">{"".join(cs)}</p>')
 
     # --- items table
     summary_keys = _union_keys(_flatten(it.get("summary")) for _, it in items)
     metric_keys = _union_keys(_flatten(it.get("metrics")) for _, it in items)
+    any_warnings = any(_warnings(it) for _, it in items)
     b.append("<h2>Items</h2>")
     if items:
         rows = []
@@ -507,9 +568,14 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
                      ("num", _h(format_seconds(it.get("seconds"))))]
             cells += [("num" if _is_number(s.get(k)) else "", _h(format_value(s.get(k)))) for k in summary_keys]
             cells += [("num" if _is_number(m.get(k)) else "", _h(format_metric(m.get(k)))) for k in metric_keys]
+            n_warn = len(_warnings(it))
+            if any_warnings:
+                cells.append(("num warn" if n_warn else "num", _h(n_warn) if n_warn else ""))
             cells.append(("error", _h(_first_line(str(err))) if err else ""))
-            rows.append((_status_class(status), cells))
-        b.append(_html_table(["id", "status", "seconds", *summary_keys, *metric_keys, "error"], rows, "items"))
+            rows.append((_status_class(status) + (" warned" if n_warn else ""), cells))
+        header = ["id", "status", "seconds", *summary_keys, *metric_keys, *(["warnings"] if any_warnings else []),
+                  "error"]
+        b.append(_html_table(header, rows, "items"))
     else:
         b.append("<p>No items.</p>")
 
@@ -519,6 +585,13 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
         for iid, it in failed:
             b.append(f'<div class="failed-item"><h3>{_h(iid)}</h3>'
                      f'<pre>{_h(str(it.get("error") or "(no error message recorded)"))}</pre></div>')
+
+    warned = [(iid, _warnings(it)) for iid, it in items if _warnings(it)]
+    if warned:
+        b.append("<h2>Warnings</h2>")
+        for iid, texts in warned:
+            b.append(f'<div class="warnings-item"><h3>{_h(iid)}</h3><ul>'
+                     + "".join(f"<li>{_h(t)}</li>" for t in texts) + "</ul></div>")
 
     # --- previews
     with_previews = [(iid, _previews(it)) for iid, it in items]
@@ -531,7 +604,7 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
             for p in paths:
                 name = PurePosixPath(p.replace("\\", "/")).stem
                 b.append(f'<figure><a href="{_h(_image_url(p, base_dir))}">'
-                         f'<img src="{_h(_image_url(p, base_dir))}" width="{THUMB_PX}" alt="{_h(name)}" '
+                         f'<img src="{_h(_image_url(p, base_dir))}" alt="{_h(name)}" '
                          f'loading="lazy"></a><figcaption>{_h(name)}</figcaption></figure>')
             b.append("</div>")
 

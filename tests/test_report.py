@@ -57,7 +57,9 @@ def test_overlay_slices_orientation_native():
 
 def test_save_overlay_previews_aspect_and_position(tmp_path):
     image, labels = _volume()
-    paths = save_overlay_previews(image, labels, tmp_path / "case1", "case1", {1: RED}, spacing=SPACING)
+    # legend=False: the bare slice (tests/test_preview_labels.py checks the legend sits below it, slice unchanged)
+    paths = save_overlay_previews(image, labels, tmp_path / "case1", "case1", {1: RED}, spacing=SPACING,
+                                  legend=False)
     assert [p.name for p in paths] == ["preview_axial.png", "preview_coronal.png", "preview_sagittal.png"]
     X, Y, Z = SHAPE
     sx, sy, sz = SPACING
@@ -95,7 +97,7 @@ def test_overlay_no_labels_and_center():
 def test_before_after():
     a = np.zeros((10, 12), np.float32)
     b = np.full((8, 6, 3), 200, np.uint8)
-    out = before_after(a, b)
+    out = before_after(a, b, labels=None)
     assert out.shape == (10, 12 + 4 + 6, 3) and out.dtype == np.uint8
     assert (out[:10, :12] == 0).all()
     assert (out[:8, 16:] == 200).all()
@@ -200,5 +202,5 @@ def test_write_report_atomic(tmp_path):
     assert not [p for p in run.rglob("*") if p.name.startswith(".tmp-")]
     html = (run / "report.html").read_text(encoding="utf-8")
     assert 'src="evil/preview_axial.png"' in html
-    assert 'width="256"' in html
+    assert not re.search(r"<img [^>]*width=", html)  # previews at their own pixel size
     assert 'src="training_curve.png"' in html
