@@ -40,7 +40,7 @@ from rich.console import Console  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Imaging pipelines as Prefect flows.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line (cron mail, grep)
 
 Roi = Optional[tuple[int, int, int]]
 Size2 = Optional[tuple[int, int]]
@@ -76,8 +76,9 @@ def _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overla
 
 
 def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
-                     device, pool_passes=1, whole_max_pixels=None) -> dict:
+                     device, pool_passes=1, whole_max_pixels=None, white_level=None) -> dict:
     return {
+        "white_level": white_level,
         "task": task,
         "scale": scale,
         "weights": str(weights) if weights else None,
@@ -193,6 +194,9 @@ def restore(
     whole_max_pixels: Optional[int] = typer.Option(
         None, min=0, help="NAFNet: run the whole image in one forward up to this many pixels (default: what "
                           "fits about 2 GiB for the model's width; 0: always tiles)."),
+    white_level: Optional[int] = typer.Option(
+        None, min=1, help="The largest value the data can take (e.g. 1023 for 10-bit data in 16-bit files). "
+                          "Default: from the file (PNG sBIT, TIFF tags), else the container's maximum."),
     precision: str = typer.Option(
         "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -203,7 +207,7 @@ def restore(
 ) -> None:
     """Restore images (denoise, deblur, super-resolve); same bit depth, alpha and ICC profile kept."""
     options = _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
-                               device, pool_passes, whole_max_pixels)
+                               device, pool_passes, whole_max_pixels, white_level)
     raise typer.Exit(_run_batch("restore", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 
@@ -228,7 +232,11 @@ def train(
     tumour_share: float = typer.Option(0.5, min=0.0, max=1.0, help="segment: share of crops centred on tumour."),
     task: str = typer.Option("denoise", help="restore: denoise, deblur or sr."),
     scale: int = typer.Option(2, help="restore: SR scale."),
-    sigma: float = typer.Option(25.0, help="restore denoise: Gaussian noise sigma on the 0-255 scale."),
+    sigma: str = typer.Option(
+        "25", help="restore denoise: Gaussian noise sigma on the 0-255 scale, or a range A-B drawn per crop "
+                   "(a blind denoiser, e.g. 0-50)."),
+    photometric: bool = typer.Option(
+        False, help="restore: random brightness, contrast and gamma per crop (robust to dark images)."),
     patch: int = typer.Option(64, help="restore: training crop side (output pixels)."),
     loss: str = typer.Option("psnr", help="restore: psnr, charbonnier or l1."),
     input: Optional[Path] = typer.Option(None, "--input", help="restore: degraded images (paired with --reference)."),
@@ -249,7 +257,7 @@ def train(
     if pipeline == "restore":
         if data is None and not (input and reference):
             _fail("train restore needs --data clean/ (pairs made on the fly) or --input degraded/ --reference clean/")
-        config.update(task=task, scale=scale, sigma=sigma, patch=patch, loss=loss, batch_size=batch_size or 8,
+        config.update(task=task, scale=scale, sigma=sigma, photometric=photometric, patch=patch, loss=loss, batch_size=batch_size or 8,
                       steps_per_epoch=steps_per_epoch or 100,
                       input=str(input) if input else None, reference=str(reference) if reference else None)
     else:
@@ -364,10 +372,20 @@ def serve(
         _fail(f"--task and --scale are for restore, not {pipeline}")
     else:
         options = {"weights": str(weights) if weights else None}
-    if not os.environ.get("PREFECT_API_URL"):
+    from imagingflows.flows.runners import UsageError
+    from imagingflows.flows.serve import check_cron, check_server
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
         _fail("schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
               "(the embedded ephemeral mode has no scheduler)")
-    serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name, options=options)
+    try:
+        check_cron(cron)
+        check_server(api_url)
+        serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name, options=options,
+                       say=lambda line: err.print(line, highlight=False))
+    except UsageError as e:
+        _fail(str(e))
 
 
 @app.command()

@@ -3,13 +3,27 @@
 Each scheduled run plans the batch afresh and resumes, so finished cases are skipped
 and new ones processed. Ephemeral mode has no scheduler: this needs
 ``prefect server start`` and ``PREFECT_API_URL``.
+
+Before serving, the server is checked (reachable, a valid cron); after the deployment
+is registered, a background check waits for the server's scheduler to create runs for
+it and says so, or says clearly that none appeared (a scheduler that fails silently,
+as Prefect 3.8.8's did with SQLAlchemy 2.1, otherwise looks exactly like a quiet night).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from typing import Callable
+
 from prefect import flow
 
 from imagingflows.flows.run import execute, plan_run
+from imagingflows.flows.runners import UsageError
+
+#: how long the scheduler may take to create the first runs (its loop is 60 s by default)
+SCHEDULE_CHECK_SECONDS = 120.0
 
 
 @flow(name="imagingflows-scheduled")
@@ -18,8 +32,83 @@ def scheduled_run(pipeline: str, input_dir: str, output_dir: str, options: dict)
     return execute(plan, resume=True)
 
 
-def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str, name: str, options: dict) -> None:
-    scheduled_run.serve(
-        name=f"{pipeline}-{name}", cron=cron, pause_on_shutdown=False,
+def check_cron(cron: str) -> None:
+    """Raise :class:`UsageError` unless ``cron`` is a schedule Prefect accepts."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except Exception as e:  # noqa: BLE001 - pydantic's ValidationError is many lines; one is enough
+        raise UsageError(f"invalid --cron {cron!r}: expected five fields such as '0 2 * * *' "
+                         "(minute hour day-of-month month day-of-week)") from e
+
+
+def check_server(api_url: str, timeout: float = 5.0) -> None:
+    """Raise :class:`UsageError` unless a Prefect server answers at ``api_url``."""
+    import httpx
+
+    try:
+        response = httpx.get(api_url.rstrip("/") + "/health", timeout=timeout)
+    except httpx.HTTPError as e:
+        raise UsageError(f"no Prefect server answers at PREFECT_API_URL={api_url} ({type(e).__name__}); "
+                         "start one with `prefect server start`") from e
+    if response.status_code != 200:
+        raise UsageError(f"PREFECT_API_URL={api_url} answered {response.status_code} to /health: "
+                         "is it a Prefect server's API (ending in /api)?")
+
+
+def scheduled_runs(deployment_id) -> list:
+    """Flow runs in state Scheduled that the server holds for a deployment."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        )
+
+
+def watch_schedule(deployment_id, name: str, say: Callable[[str], None], *,
+                   within: float = SCHEDULE_CHECK_SECONDS, every: float = 2.0) -> bool:
+    """Wait until the server's scheduler has created runs for the deployment; report either way."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            runs = scheduled_runs(deployment_id)
+        except Exception:  # noqa: BLE001 - a busy server: try again until the deadline
+            runs = []
+        if runs:
+            first = min(r.expected_start_time for r in runs if r.expected_start_time)
+            say(f"schedule active: the server has {len(runs)} scheduled run(s) for {name}, "
+                f"the next at {first.isoformat(timespec='seconds')}")
+            return True
+        time.sleep(every)
+    say(f"warning: after {within:.0f} s the server has created no scheduled runs for {name}: its scheduler "
+        "is not working (check the server's log for errors, and `prefect server services ls`); "
+        "nothing will run on schedule")
+    return False
+
+
+def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str, name: str, options: dict,
+                   say: Callable[[str], None] = print) -> None:
+    """Register ``imagingflows-scheduled/<pipeline>-<name>`` with the cron schedule and serve it (blocks)."""
+    from prefect.runner import Runner
+
+    check_cron(cron)
+    deployment = scheduled_run.to_deployment(
+        name=f"{pipeline}-{name}", cron=cron,
         parameters={"pipeline": pipeline, "input_dir": input_dir, "output_dir": output_dir, "options": options},
     )
+    runner = Runner(name=f"imagingflows-{pipeline}-{name}", pause_on_shutdown=False)
+    deployment_id = runner.add_deployment(deployment)
+    full_name = f"imagingflows-scheduled/{pipeline}-{name}"
+    say(f"serving {full_name} on '{cron}' (Ctrl-C stops)")
+    threading.Thread(target=watch_schedule, args=(deployment_id, full_name, say), daemon=True).start()
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass
