@@ -192,10 +192,10 @@ def _check_one_series(folder: Path, headers) -> None:
     if len(by_uid) > 1:
         parts = []
         for uid, dss in sorted(by_uid.items(), key=lambda kv: -len(kv[1])):
-            desc = str(dss[0].get("SeriesDescription", "") or "").strip()
+            # SeriesDescription is free text (it can name the patient; DICOM PS3.15 removes it): not quoted
             num = dss[0].get("SeriesNumber", None)
-            label = ", ".join(x for x in (f"#{num}" if num not in (None, "") else "", repr(desc) if desc else "") if x)
-            parts.append(f"{uid or '(empty)'} ({len(dss)} file{'s' * (len(dss) != 1)}{', ' + label if label else ''})")
+            label = f", series number {num}" if num not in (None, "") else ""
+            parts.append(f"{uid or '(empty)'} ({len(dss)} file{'s' * (len(dss) != 1)}{label})")
         raise DicomSeriesError(
             f"{folder}: expected one DICOM series, found {len(by_uid)} SeriesInstanceUIDs: "
             + "; ".join(parts)

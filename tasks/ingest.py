@@ -40,12 +40,17 @@ class Item:
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3D image with its geometry: ``array`` (X, Y, Z) in file voxel order, ``affine`` 4x4 RAS mm."""
+    """A 3D image with its geometry: ``array`` (X, Y, Z) in file voxel order, ``affine`` 4x4 RAS mm.
+
+    ``modality`` is the DICOM Modality tag (``"MR"``, ``"CT"`` ...) of a DICOM series, ``""``
+    for NIfTI (which does not say).
+    """
 
     array: np.ndarray
     affine: np.ndarray
     header: object | None
     source: str
+    modality: str = ""
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -85,10 +90,11 @@ def read_volume(path: str | os.PathLike, role: str = "image") -> Volume:
         from imagingflows.tasks.dicom import DicomSeriesError, read_dicom_series
 
         try:
-            array, affine, _ = read_dicom_series(path)
+            array, affine, info = read_dicom_series(path)
         except DicomSeriesError as e:
             raise InputError(str(e)) from e
-        vol = Volume(np.asarray(array, dtype=np.float32), affine, None, str(path))
+        # no DICOM header travels on: only the Modality tag (for the intensity check)
+        vol = Volume(np.asarray(array, dtype=np.float32), affine, None, str(path), str(info.get("modality") or ""))
     else:
         vol = _read_nifti(path, role)
     _check_content(vol, role)

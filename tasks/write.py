@@ -82,28 +82,44 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
 
 
 def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, header=None) -> Path:
-    """Write ``array`` with exactly ``affine`` (sform and qform set, codes from ``header`` if given)."""
+    """Write ``array`` with exactly ``affine`` (sform and qform set) in a fresh NIfTI-1 header.
+
+    From the input's ``header`` only geometry is taken: the sform/qform codes and the
+    space/time units. Nothing else is copied: no free text (``descrip``, ``db_name``,
+    ``aux_file``, ``intent_name``), no header extensions (which can hold DICOM fields such
+    as ``PatientName``), no display window, no scaling. A label map has no use for them,
+    and they can name the patient, so this holds with or without ``--anonymize``.
+    pixdim comes from ``affine``; dtype is ``array``'s.
+    """
     import nibabel as nib
 
-    img = nib.Nifti1Image(array, affine, header=header)
+    img = nib.Nifti1Image(array, affine)  # a new header: nothing of the input's rides along
     img.set_data_dtype(array.dtype)
     hdr = img.header
-    hdr["cal_min"], hdr["cal_max"] = 0, 0  # the input's display window would hide a label map
-    hdr["descrip"], hdr["aux_file"] = b"imagingflows", b""  # no free text carried over from the input
-    hdr.set_intent("none")
+    hdr["descrip"] = b"imagingflows"
     hdr.set_slope_inter(None, None)
+    codes = _geometry_codes(header)
     if header is not None:
-        img.set_sform(affine, code=int(header["sform_code"]) or 1)
-        img.set_qform(affine, code=int(header["qform_code"]) or 1)
-    else:
-        img.set_sform(affine, code=1)
-        img.set_qform(affine, code=1)
+        with contextlib.suppress(Exception):  # a header without NIfTI units keeps nibabel's default
+            hdr.set_xyzt_units(*header.get_xyzt_units())
+    img.set_sform(affine, code=codes[0])
+    img.set_qform(affine, code=codes[1])
     try:
         with atomic_path(path) as tmp:
             nib.save(img, tmp)
     except Exception as e:  # noqa: BLE001
         raise WriteError(f"{path}: could not write {array.shape} {array.dtype} NIfTI: {e}") from e
     return Path(path)
+
+
+def _geometry_codes(header) -> tuple[int, int]:
+    """(sform_code, qform_code) of the input header; 1 (scanner) where it has none."""
+    if header is None:
+        return 1, 1
+    try:
+        return int(header["sform_code"]) or 1, int(header["qform_code"]) or 1
+    except (KeyError, ValueError, TypeError):
+        return 1, 1
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

@@ -256,6 +256,17 @@ def test_error_two_series(tmp_path):
         read_dicom_series(folder)
 
 
+def test_error_two_series_quotes_no_free_text(tmp_path):
+    """SeriesDescription can carry a name; the error names series by UID and number only."""
+    folder = copy_series(tmp_path, [0, 1, 2])
+    edit(folder / FILES[0].name, SeriesInstanceUID="1.2.826.0.1.3680043.8.498.2", SeriesNumber=7,
+         SeriesDescription="Smith John follow-up")
+    with pytest.raises(DicomSeriesError, match=r"found 2 SeriesInstanceUIDs") as err:
+        read_dicom_series(folder)
+    assert "Smith" not in str(err.value)
+    assert "series number 7" in str(err.value)  # still says which series is which
+
+
 def test_error_single_slice(tmp_path):
     folder = copy_series(tmp_path, [5])
     with raises(folder, "expected at least 2 slices.*found 1.*not a volume"):
