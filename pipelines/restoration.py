@@ -27,6 +27,14 @@ Conventions (each applied conversion is listed in the item's ``notes`` in run.js
   output). HAT always runs in tiles (its attention is local, so tiles with ``overlap`` pixels of
   context agree closely with a whole-image forward; keep tile and overlap multiples of its window
   size, as the defaults 512 and 32 are). ``inference`` in run.json says what ran.
+- White level: a 16-bit file whose data use fewer bits (PNG ``sBIT``, TIFF ``MaxSampleValue`` /
+  ``SMaxSampleValue``, or ``white_level`` / ``--white-level N``, which wins over the file) is divided by
+  that level, not 65535, before the network, and written back on the same scale (values <= the level;
+  the sBIT / MaxSampleValue is written too). ``inference.white_level`` and the notes say which level
+  was used and why. 16-bit data that use 12 bits or fewer without any such hint get a note.
+- A collapsed output (near-constant where the input has structure, or its mean or range far below
+  the input's: a model that blanks the image) fails the item with the reason; nothing is written
+  (:func:`check_collapse`; a flat input may give a flat output).
 - EXIF orientation is applied on reading (outputs are upright and carry no orientation tag); palette
   and CMYK images are converted to RGB (see :mod:`imagingflows.tasks.image_io`).
 - Metrics (``evaluate``): PSNR/SSIM in the BasicSR recipe (:mod:`imagingflows.tasks.evaluate`), RGB
@@ -69,7 +77,7 @@ NAFNET_BYTES_PER_PIXEL_AND_WIDTH = 32
 
 OUTPUT_CONFIG_KEYS = (
     "task", "scale", "tile", "overlap", "whole_max_pixels", "pool_passes", "precision", "precision_requested",
-    "model_overrides", "arch",
+    "model_overrides", "arch", "white_level",
 )
 MODE_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
 
@@ -264,6 +272,10 @@ def prepare(config: dict) -> dict:
     else:
         cfg["whole_max_pixels"] = None  # HAT: always tiles (local attention; memory bounded by the tile)
     # auto is resolved here, once, so run.json and the config hash name the path that ran
+    if cfg.get("white_level") is not None:
+        cfg["white_level"] = _int_option(cfg, "white_level", 1)
+        if cfg["white_level"] > 65535:
+            raise ValueError(f"--white-level {cfg['white_level']} is above 65535, the largest 16-bit value")
     cfg["precision_requested"] = cfg.get("precision") or "auto"
     cfg["precision"] = resolve_precision(cfg["precision_requested"], lm.device)
     return cfg
@@ -319,8 +331,12 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.rint(np.clip(np.asarray(up), 0, top)).astype(alpha.dtype)
 
 
-def restore_array(color: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict, list[str]]:
-    """Colour planes ``(H, W, 1 or 3)`` uint8/uint16 -> restored ``(H*s, W*s, same C)`` of the same dtype."""
+def restore_array(color: np.ndarray, cfg: dict, white_level: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
+    """Colour planes ``(H, W, 1 or 3)`` uint8/uint16 -> restored ``(H*s, W*s, same C)`` of the same dtype.
+
+    ``white_level``: the data's largest value when below the dtype's (e.g. 1023 for 10-bit data in
+    uint16): the network sees ``color / white_level`` and the output is on the same scale (<= it).
+    """
     from imagingflows.models.tiling import predict_tiles
 
     lm = _model(cfg)
@@ -330,11 +346,16 @@ def restore_array(color: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict, list[
     if color.dtype == np.uint16 and precision in ("bf16", "fp16") and cfg.get("precision_requested") == "auto":
         precision = "fp32"  # bf16 keeps 8 significant bits: a 16-bit output would lose its extra precision
         notes.append(f"16-bit image run in fp32 (precision auto: {cfg['precision']} would keep about 8 bits)")
+    top = np.iinfo(color.dtype).max
+    scaled = white_level is not None and int(white_level) != top
     out, run = predict_tiles(
-        net, color, scale=int(cfg["scale"]), tile=int(cfg["tile"]), overlap=int(cfg["overlap"]),
-        device=lm.device, precision=precision, whole_max_pixels=cfg.get("whole_max_pixels"),
-        pool_passes=int(cfg.get("pool_passes", 1)),
+        net, color.astype(np.float32) / np.float32(white_level) if scaled else color, scale=int(cfg["scale"]),
+        tile=int(cfg["tile"]), overlap=int(cfg["overlap"]), device=lm.device, precision=precision,
+        whole_max_pixels=cfg.get("whole_max_pixels"), pool_passes=int(cfg.get("pool_passes", 1)),
+        out_dtype=np.float32 if scaled else None,
     )
+    if scaled:  # back on the data's own scale: rint(clip(y, 0, 1) * level), as predict_tiles does for uint
+        out = np.rint(np.clip(out, 0, 1) * np.float32(white_level)).astype(color.dtype)
     expected = (color.shape[0] * cfg["scale"], color.shape[1] * cfg["scale"], color.shape[2])
     if out.shape != expected or out.dtype != color.dtype:
         raise RuntimeError(f"model output {out.shape} {out.dtype}, expected {expected} {color.dtype}")
@@ -357,7 +378,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
 
 
 def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
-    from imagingflows.tasks.image_io import merge_alpha, read_image, write_image
+    from imagingflows.tasks.image_io import fewer_bits_hint, merge_alpha, read_image, white_level, write_image
 
     t0 = time.perf_counter()
     lm = _model(cfg)
@@ -367,12 +388,22 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
         raise RuntimeError(f"weights file {cfg['weights']} changed during the run; rerun to use the new weights")
     scale = int(cfg["scale"])
     color, alpha = img.color, img.alpha
-    restored, inference, notes = restore_array(np.ascontiguousarray(color), cfg)
+    level, level_why = white_level(img, cfg.get("white_level"))
+    restored, inference, notes = restore_array(np.ascontiguousarray(color), cfg, white_level=level)
+    inference = {**inference, "white_level": level, "white_level_source": level_why}
+    if level != img.top:
+        notes.insert(0, f"white level {level} ({level_why}): data normalised by {level}, not {img.top}, "
+                        f"and written back in 0..{level}")
+    hint = fewer_bits_hint(img, level)
+    if hint:
+        notes.insert(0, hint)
+    check_collapse(color, restored, level, scale, img.source, hint)
     if alpha is not None:
         if scale == 1:
             notes.append("alpha passed through unchanged")
         else:
-            alpha = upscale_alpha(alpha, scale)
+            a_level = level if int(alpha.max()) <= level else img.top
+            alpha = np.minimum(upscale_alpha(alpha, scale), a_level).astype(alpha.dtype)
             notes.append(f"alpha upscaled x{scale} separately (bicubic, a = -0.5)")
     result = merge_alpha(restored, alpha)
     t_infer = time.perf_counter()
@@ -380,8 +411,8 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
     out_rel, prev_rel = output_rel(item.id), preview_rel(item.id)
     if out_rel != item.id:
         notes.append(f"JPEG input written as lossless PNG ({out_rel})")
-    write_image(out_dir / out_rel, result, like=img)
-    save_preview(out_dir / prev_rel, color, restored, scale)
+    write_image(out_dir / out_rel, result, like=img, white_level=level if level != img.top else None)
+    save_preview(out_dir / prev_rel, color, restored, scale, level)
     t_write = time.perf_counter()
     h, w = img.height, img.width
     return {
@@ -399,18 +430,20 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
     }
 
 
-def save_preview(path: Path, before: np.ndarray, after: np.ndarray, scale: int) -> Path:
+def save_preview(path: Path, before: np.ndarray, after: np.ndarray, scale: int,
+                 white_level: int | None = None) -> Path:
     """Before/after crop pair (the most detailed ``PREVIEW_CROP`` square of the output) as one PNG.
 
     ``before`` is the input colour ``(H, W, C)``; ``after`` the output ``(H*scale, W*scale, C)``. For SR
     the input crop is upscaled bicubic to the output's size, so the pair compares like with like.
+    ``white_level``: the data's largest value (shown as white); default the dtype's.
     """
     from PIL import Image
 
     from imagingflows.tasks.preview import before_after, detail_box
     from imagingflows.tasks.write import write_png
 
-    b8, a8 = _to_u8_rgb(before), _to_u8_rgb(after)
+    b8, a8 = _to_u8_rgb(before, white_level), _to_u8_rgb(after, white_level)
     side = max(scale, min(PREVIEW_CROP, a8.shape[0], a8.shape[1]) // scale * scale)  # output pixels
     r_in, c_in = detail_box(b8.mean(axis=2), side // scale)
     crop_in = b8[r_in:r_in + side // scale, c_in:c_in + side // scale]
@@ -424,12 +457,84 @@ def save_preview(path: Path, before: np.ndarray, after: np.ndarray, scale: int) 
     return write_png(path, before_after(crop_in, crop_out))
 
 
-def _to_u8_rgb(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint16:
+def _to_u8_rgb(a: np.ndarray, white_level: int | None = None) -> np.ndarray:
+    top = np.iinfo(a.dtype).max
+    if white_level is not None and white_level != top:
+        a = np.rint(np.clip(a.astype(np.float32) * (255.0 / white_level), 0, 255)).astype(np.uint8)
+    elif a.dtype == np.uint16:
         a = np.rint(a.astype(np.float32) / 257.0).astype(np.uint8)
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     return np.ascontiguousarray(a)
+
+
+# ----------------------------------------------------------------------------- collapse check
+
+#: a collapsed output: block std below this share of the input's, range below this share, mean below this share
+COLLAPSE_STD, COLLAPSE_RANGE, COLLAPSE_MEAN = 0.1, 0.2, 0.3
+COLLAPSE_BLOCK = 8  # input pixels per block side: block means average the noise away
+
+
+def _gray(a: np.ndarray, level: int) -> np.ndarray:
+    """``(H, W, C)`` uint -> ``(H, W)`` float64 on [0, 1] (divided by ``level``), mean over channels."""
+    return a.astype(np.float64).mean(axis=2) / float(level)
+
+
+def _block_means(x: np.ndarray, b: int) -> np.ndarray:
+    h, w = x.shape[0] // b * b, x.shape[1] // b * b
+    return x[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
+
+
+def noise_sigma(x: np.ndarray) -> float:
+    """Gaussian noise level of a ``(H, W)`` image (Immerkaer 1996: mean |Laplacian difference|); 0 if tiny."""
+    if min(x.shape) < 3:
+        return 0.0
+    k = (x[:-2, :-2] - 2 * x[:-2, 1:-1] + x[:-2, 2:] - 2 * x[1:-1, :-2] + 4 * x[1:-1, 1:-1] - 2 * x[1:-1, 2:]
+         + x[2:, :-2] - 2 * x[2:, 1:-1] + x[2:, 2:])
+    return float(np.sqrt(np.pi / 2) * np.abs(k).mean() / 6)
+
+
+def collapse_reason(before: np.ndarray, after: np.ndarray, level: int, scale: int = 1) -> str | None:
+    """Why ``after`` (``(H*scale, W*scale, C)``) is a collapsed restoration of ``before`` (``(H, W, C)``), or None.
+
+    Compares ``COLLAPSE_BLOCK``-pixel block means (the output's blocks cover the same area), so noise,
+    blur and detail do not count; only the picture's layout and exposure do:
+
+    * near-constant: the output's block std below ``COLLAPSE_STD`` of the input's, where the input has
+      structure (block std above 3x what its own noise leaves in a block mean, and above 0.5/255);
+    * range: the output's 1-99 percentile range of block means below ``COLLAPSE_RANGE`` of the input's
+      (same condition);
+    * mean: the output's mean below ``COLLAPSE_MEAN`` of the input's, where the input's mean is well above
+      its noise (clipped noise lifts the mean of a dark noisy image, which a denoiser rightly removes).
+    """
+    b = COLLAPSE_BLOCK if min(before.shape[:2]) >= 4 * COLLAPSE_BLOCK else 1
+    x, y = _gray(before, level), _gray(after, level)
+    bi, bo = _block_means(x, b), _block_means(y, b * scale)
+    n = min(bi.shape[0], bo.shape[0]), min(bi.shape[1], bo.shape[1])
+    bi, bo = bi[:n[0], :n[1]], bo[:n[0], :n[1]]
+    sigma = noise_sigma(x)
+    s_in, s_out = float(bi.std()), float(bo.std())
+    if s_in > max(0.5 / 255, 3 * sigma / b):
+        if s_out < COLLAPSE_STD * s_in:
+            return f"near-constant output: block std {s_out * 255:.2f} vs {s_in * 255:.2f} in the input (0-255 scale)"
+        r_in, r_out = (float(np.ptp(np.percentile(v, [1, 99]))) for v in (bi, bo))
+        if r_out < COLLAPSE_RANGE * r_in:
+            return f"range collapsed: {r_out * 255:.2f} vs {r_in * 255:.2f} in the input (1-99 percentile, 0-255 scale)"
+    m_in, m_out = float(x.mean()), float(y.mean())
+    if m_in > max(2 / 255, 2 * sigma) and m_out < COLLAPSE_MEAN * m_in:
+        return f"mean collapsed: {m_out * 255:.2f} vs {m_in * 255:.2f} in the input (0-255 scale)"
+    return None
+
+
+def check_collapse(before: np.ndarray, after: np.ndarray, level: int, scale: int, source: str,
+                   hint: str | None = None) -> None:
+    """Raise :class:`InputError` naming ``source`` when the output collapsed (:func:`collapse_reason`);
+    ``hint`` (e.g. that the data may use fewer bits) is added to the message."""
+    reason = collapse_reason(before, after, level, scale)
+    if reason:
+        advice = hint or (f"white level {level}: pass --white-level if the data use fewer bits, or other --weights")
+        raise InputError(f"{source}: the restored image collapsed ({reason}); nothing written. The model does "
+                         f"not fit this image ({advice})")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -440,6 +545,9 @@ def metric_conventions(config: dict | None) -> str:
     task = (config or {}).get("task")
     base = ("PSNR (dB) and SSIM with scikit-image in the BasicSR recipe: outputs rounded to the reference's "
             "bit depth, SSIM with an 11x11 Gaussian window (sigma 1.5), alpha dropped; ")
+    if (config or {}).get("inputs"):
+        base += ("psnr_input / ssim_input: the degraded input itself (sr: its bicubic upscaling) against the "
+                 "reference, the baseline; gain_db = psnr - psnr_input; ")
     if task in TASKS:
         scale = int((config or {}).get("scale") or 1)
         return base + f"--task {task}: {recipe_label(task, scale)} (gray images: gray, same crop)."
@@ -447,10 +555,16 @@ def metric_conventions(config: dict | None) -> str:
 
 
 def evaluate_config(predictions: Path, options: dict) -> dict:
-    """Task and scale for scoring: the options, else the ``run.json`` of a restore run in ``predictions``."""
+    """Task and scale for scoring: the options, else the ``run.json`` of a restore run in ``predictions``.
+
+    Where that run.json lists each output's input (a run made by ``evaluate --input``, or any restore
+    run into ``predictions``), ``inputs`` maps each output (resolved path) to its input and the white
+    level used, so :func:`evaluate_image` scores the degraded input too (the baseline).
+    """
     cfg = dict(options or {})
     run_json = Path(predictions) / "run.json"
     recorded: dict = {}
+    data: dict = {}
     if run_json.is_file():
         try:
             data = json.loads(run_json.read_text())
@@ -458,6 +572,8 @@ def evaluate_config(predictions: Path, options: dict) -> dict:
             data = {}
         if data.get("pipeline") == "restore" and isinstance(data.get("config"), dict):
             recorded = {k: data["config"].get(k) for k in ("task", "scale")}
+        else:
+            data = {}
     for key in ("task", "scale"):
         if recorded.get(key) is None:
             continue
@@ -469,11 +585,28 @@ def evaluate_config(predictions: Path, options: dict) -> dict:
     if cfg.get("task") not in TASKS:
         raise ValueError(f"give --task ({', '.join(TASKS)}): it picks the metric recipe "
                          f"({predictions} holds no restore run.json that says)")
+    inputs = _recorded_inputs(Path(predictions), data)
     if cfg["task"] == "sr":
         if cfg.get("scale") is None:
             raise ValueError("give --scale for --task sr: the border crop of the metric is the scale")
-        return {"task": "sr", "scale": int(cfg["scale"])}
-    return {"task": cfg["task"], "scale": 1}
+        return {"task": "sr", "scale": int(cfg["scale"]), **({"inputs": inputs} if inputs else {})}
+    return {"task": cfg["task"], "scale": 1, **({"inputs": inputs} if inputs else {})}
+
+
+def _recorded_inputs(predictions: Path, run: dict) -> dict[str, dict]:
+    """``{resolved output path: {"input": path, "white_level": int or None}}`` of a restore run.json's
+    done items whose input file still exists."""
+    found: dict[str, dict] = {}
+    items = run.get("items") if isinstance(run.get("items"), dict) else {}
+    for entry in items.values():
+        if not isinstance(entry, dict) or entry.get("status") != "done":
+            continue
+        image = (entry.get("outputs") or {}).get("image")
+        source = (entry.get("inputs") or {}).get("image")
+        if isinstance(image, str) and isinstance(source, str) and Path(source).is_file():
+            level = (entry.get("inference") or {}).get("white_level")
+            found[str((predictions / image).resolve())] = {"input": source, "white_level": level}
+    return found
 
 
 def list_predictions(pred_dir: Path) -> list[str]:
@@ -532,13 +665,14 @@ def find_reference(ref_dir: Path, item_id: str) -> Path | None:
 def evaluate_image(pred_path: str, ref_path: str, cfg: dict | None) -> dict:
     """PSNR/SSIM of one restored image against its reference, in the recipe of the task."""
     from imagingflows.tasks.evaluate import restore_metrics
-    from imagingflows.tasks.image_io import read_image
+    from imagingflows.tasks.image_io import read_image, white_level
 
     cfg = cfg or {}
     task, scale = cfg.get("task"), int(cfg.get("scale") or 1)
     if task not in TASKS:
         raise ValueError(f"restore metrics need the task ({', '.join(TASKS)}), got {task!r}")
     pred, ref = read_image(pred_path), read_image(ref_path)
+    source = (cfg.get("inputs") or {}).get(str(Path(pred_path).resolve()))
     p, r = pred.color, ref.color
     if p.shape[2] != r.shape[2]:
         raise InputError(f"{pred_path}: {MODE_NAMES[p.shape[2]]} prediction but the reference {ref_path} is "
@@ -555,8 +689,49 @@ def evaluate_image(pred_path: str, ref_path: str, cfg: dict | None) -> dict:
         else:
             raise InputError(f"{pred_path}: prediction is {p.shape[1]}x{p.shape[0]} but the reference {ref_path} is "
                              f"{r.shape[1]}x{r.shape[0]} (width x height); expected the same size")
+    p_level = (source or {}).get("white_level") or white_level(pred)[0]
+    r_level = white_level(ref)[0]
+    if r_level == ref.top and p_level != pred.top and int(r.max()) <= p_level:
+        r_level = p_level  # a reference without a declared level, on the prediction's scale
+    if p_level != pred.top or r_level != ref.top:
+        p, r = _full_scale(p, p_level), _full_scale(r, r_level)
+        note += f"; white levels {p_level} (prediction) and {r_level} (reference) scaled to 0-65535"
     m = restore_metrics(p, r, task, scale)
-    return {"psnr": round(m["psnr"], 4), "ssim": round(m["ssim"], 5), "recipe": m["recipe"] + note}
+    out = {"psnr": round(m["psnr"], 4), "ssim": round(m["ssim"], 5), "recipe": m["recipe"] + note}
+    if source:
+        base = _baseline(source["input"], task, scale, r.shape, source.get("white_level"))
+        b = restore_metrics(base, r, task, scale)
+        out.update(psnr_input=round(b["psnr"], 4), ssim_input=round(b["ssim"], 5),
+                   gain_db=round(m["psnr"] - b["psnr"], 4))
+    return out
+
+
+def _full_scale(a: np.ndarray, level: int) -> np.ndarray:
+    """``(H, W, C)`` uint data on 0..level -> uint16 on 0..65535 (for scoring images of other white levels)."""
+    return np.rint(np.clip(a.astype(np.float64) / level, 0, 1) * 65535).astype(np.uint16)
+
+
+def _baseline(input_path: str, task: str, scale: int, shape: tuple, level: int | None) -> np.ndarray:
+    """The degraded input as a float ``(H, W, C)`` image on [0, 1] of the reference's ``shape``: itself
+    (denoise, deblur) or its bicubic upscaling (sr; PyTorch bicubic, align_corners False, clipped)."""
+    import torch
+    import torch.nn.functional as F
+
+    from imagingflows.tasks.image_io import read_image, white_level
+
+    img = read_image(input_path)
+    level = level or white_level(img)[0]
+    x = img.color.astype(np.float32) / np.float32(level)
+    if task == "sr":
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+        up = F.interpolate(t, size=(x.shape[0] * scale, x.shape[1] * scale), mode="bicubic", align_corners=False)
+        x = up[0].clamp(0, 1).numpy().transpose(1, 2, 0)
+    if x.shape[:2] != tuple(shape[:2]):
+        if x.shape[0] < shape[0] or x.shape[1] < shape[1]:
+            raise InputError(f"{input_path}: input is {x.shape[1]}x{x.shape[0]} ({'x' + str(scale) if scale > 1 else ''}"
+                             f" upscaled), smaller than the reference {shape[1]}x{shape[0]}")
+        x = x[: shape[0], : shape[1]]
+    return np.ascontiguousarray(np.clip(x, 0, 1))
 
 
 # ----------------------------------------------------------------------------- record

@@ -7,6 +7,14 @@ Two kinds of data:
   the 0-255 scale, clipped and rounded to 8 bit like a saved noisy image), a random
   Gaussian or motion blur (kornia), or a bicubic downscale by ``scale`` (antialiased,
   rounded to 8 bit).
+
+  ``sigma`` is one level (``25``) or a range ``A-B`` (a blind denoiser): each crop draws
+  its own level, uniform in [A, B], except one crop in ``1 / CLEAN_SHARE`` that gets A
+  itself (with A = 0: clean crops, so the network learns to leave clean images alone). Gray
+  crops (R = G = B) get the same noise in the three channels, as a gray file reaches the network.
+  ``photometric``: before degrading, each crop (with probability ``PHOTOMETRIC["p"]``)
+  gets a random gamma, contrast and brightness gain and is rounded to 8 bit: the target
+  is that darker/flatter image, so the network learns to keep exposure (dark photos).
 * ``--input degraded/ --reference clean/``: paired folders matched by file stem; crops
   are taken at the same place (``scale`` times larger in the reference for SR).
 
@@ -62,10 +70,73 @@ def quantize8(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0, 1) * 255) / 255
 
 
-def degrade(clean: torch.Tensor, task: str, *, sigma: float, scale: int, gen: torch.Generator) -> torch.Tensor:
-    """Degraded input for a clean batch ``(B, 3, H, W)``; SR returns ``(B, 3, H/scale, W/scale)``."""
+#: share of crops that get the lowest level of a sigma range (clean crops when it starts at 0)
+CLEAN_SHARE = 0.2
+#: random exposure per crop (``--photometric``): probability, gamma, contrast and gain ranges
+PHOTOMETRIC = {"p": 0.6, "gamma": (0.6, 1.8), "contrast": (0.5, 1.2), "gain": (0.05, 1.2)}
+
+
+def parse_sigma(value) -> float | tuple[float, float]:
+    """``25`` or ``"25"`` -> 25.0; ``"0-50"`` -> (0.0, 50.0). Levels on the 0-255 scale."""
+    if isinstance(value, (list, tuple)):
+        lo, hi = (float(v) for v in value)
+    else:
+        text = str(value).strip()
+        parts = text.split("-") if "-" in text[1:] else [text]
+        try:
+            nums = [float(v) for v in parts]
+        except ValueError:
+            raise ValueError(f"--sigma takes a level (25) or a range A-B (0-50), got {value!r}") from None
+        if len(nums) != 2 and len(nums) != 1:
+            raise ValueError(f"--sigma takes a level (25) or a range A-B (0-50), got {value!r}")
+        lo, hi = nums[0], nums[-1]
+    if not (0 <= lo <= hi <= 255):
+        raise ValueError(f"--sigma must satisfy 0 <= A <= B <= 255 on the 0-255 scale, got {value!r}")
+    return lo if lo == hi else (lo, hi)
+
+
+def draw_sigmas(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    """``(n,)`` noise levels: uniform in [lo, hi], and ``lo`` for a ``CLEAN_SHARE`` of them."""
+    s = lo + (hi - lo) * torch.rand(n, generator=gen)
+    return torch.where(torch.rand(n, generator=gen) < CLEAN_SHARE, torch.full_like(s, lo), s)
+
+
+def photometric(clean: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random exposure for some crops of ``(B, 3, H, W)`` on [0, 1]: gamma, contrast about the
+    crop mean, brightness gain (log-uniform), clipped and rounded to 8 bit; others unchanged."""
+    b = clean.shape[0]
+
+    def uniform(lo, hi, log=False):
+        u = torch.rand(b, 1, 1, 1, generator=gen)
+        if log:
+            return torch.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * u)
+        return lo + (hi - lo) * u
+
+    gamma = uniform(*PHOTOMETRIC["gamma"], log=True)
+    contrast = uniform(*PHOTOMETRIC["contrast"])
+    gain = uniform(*PHOTOMETRIC["gain"], log=True)
+    apply = torch.rand(b, 1, 1, 1, generator=gen) < PHOTOMETRIC["p"]
+    x = clean.clamp(0, 1) ** gamma
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = quantize8(((x - m) * contrast + m) * gain)
+    return torch.where(apply, x, clean)
+
+
+def degrade(clean: torch.Tensor, task: str, *, sigma, scale: int, gen: torch.Generator) -> torch.Tensor:
+    """Degraded input for a clean batch ``(B, 3, H, W)``; SR returns ``(B, 3, H/scale, W/scale)``.
+
+    ``sigma``: one level, or ``(lo, hi)``: a level per crop (:func:`draw_sigmas`).
+    """
     if task == "denoise":
-        noise = torch.randn(clean.shape, generator=gen) * (sigma / 255.0)
+        if isinstance(sigma, (tuple, list)):
+            levels = draw_sigmas(clean.shape[0], float(sigma[0]), float(sigma[1]), gen)
+            noise = torch.randn(clean.shape, generator=gen) * (levels / 255.0).view(-1, 1, 1, 1)
+            # a gray crop (R = G = B) gets one noise plane for all three, as a gray file reaches the
+            # network (the pipeline replicates the noisy gray plane), so the blind level estimate holds there
+            gray = (clean == clean[:, :1]).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+            noise = torch.where(gray, noise[:, :1].expand_as(noise), noise)
+        else:
+            noise = torch.randn(clean.shape, generator=gen) * (sigma / 255.0)
         return quantize8(clean + noise)
     if task == "sr":
         return quantize8(F.interpolate(clean, scale_factor=1 / scale, mode="bicubic", antialias=True,
@@ -106,6 +177,8 @@ def random_pairs(pool: list[tuple[torch.Tensor, torch.Tensor | None]], batch: in
         inputs.append(d)
     clean_b = torch.stack(cleans)
     if inputs[0] is None:
+        if cfg.get("photometric"):
+            clean_b = photometric(clean_b, gen)
         return degrade(clean_b, task, sigma=cfg["sigma"], scale=scale, gen=gen), clean_b
     return torch.stack(inputs), clean_b
 
@@ -167,6 +240,29 @@ def validate(net: torch.nn.Module, val: list[tuple[torch.Tensor, torch.Tensor]],
 
 # ----------------------------------------------------------------------------- training
 
+def val_levels(sigma) -> list[float]:
+    """Validation noise levels: the level itself, or 10%, 50% and 100% of a range (not its clean end:
+    the input's PSNR would be infinite)."""
+    if not isinstance(sigma, (tuple, list)):
+        return [sigma]
+    lo, hi = sigma
+    return sorted({round(lo + (hi - lo) * f, 3) for f in (0.1, 0.5, 1.0)})
+
+
+def _profile(task: str, scale: int, cfg: dict) -> dict:
+    """What the checkpoint was trained for (read back by people and the model card).
+
+    A single sigma without photometric augmentation gives the same profile as before either existed.
+    """
+    sigma = cfg["sigma"] if task == "denoise" else None
+    profile = {"task": task, "scale": scale, "sigma": list(sigma) if isinstance(sigma, tuple) else sigma}
+    if isinstance(sigma, tuple):
+        profile.update(blind=True, sigma_clean_share=CLEAN_SHARE, val_sigmas=val_levels(sigma))
+    if cfg.get("photometric"):
+        profile["photometric"] = {k: list(v) if isinstance(v, tuple) else v for k, v in PHOTOMETRIC.items()}
+    return profile
+
+
 def _data(config: dict, data_dir: Path | None) -> tuple[dict[str, Path], dict[str, Path]]:
     """{stem: clean path} and {stem: degraded path} (empty unless paired folders)."""
     if config.get("input") and config.get("reference"):
@@ -204,10 +300,14 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     scale = int(config.get("scale", 2)) if task == "sr" else 1
-    cfg = {"sigma": float(config.get("sigma", 25.0)), "scale": scale}
+    cfg = {"sigma": parse_sigma(config.get("sigma", 25.0)), "scale": scale,
+           "photometric": bool(config.get("photometric"))}
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_paths, degraded_paths = _data(config, data_dir)
+    if cfg["photometric"] and degraded_paths:
+        raise ValueError("--photometric changes the clean crop before degrading it: it needs --data clean/ "
+                         "(pairs made on the fly), not --input/--reference pairs")
     if len(clean_paths) < 2:
         raise ValueError(f"{data_dir or config.get('reference')}: need at least 2 images to train, "
                          f"found {len(clean_paths)}")
@@ -233,9 +333,11 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
     for i in val_ids:
         # a centred crop (whole forward passes of big images would dominate the epoch), divisible by the scale
         clean = _centre_crop(load_rgb(clean_paths[i]), val_crop, scale)
-        deg = _centre_crop(load_rgb(degraded_paths[i]), val_crop // scale, 1) if degraded_paths else \
-            degrade(clean[None], task, sigma=cfg["sigma"], scale=scale, gen=val_gen)[0]
-        val.append((clean, deg))
+        if degraded_paths:
+            val.append((clean, _centre_crop(load_rgb(degraded_paths[i]), val_crop // scale, 1)))
+            continue
+        for level in val_levels(cfg["sigma"]) if task == "denoise" else [cfg["sigma"]]:
+            val.append((clean, degrade(clean[None], task, sigma=level, scale=scale, gen=val_gen)[0]))
 
     net = lm.module.to(device).train()
     epochs, steps = int(config.get("epochs", 10)), int(config.get("steps_per_epoch") or 100)
@@ -268,7 +370,7 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
         log.info("epoch %d/%d loss %.4f val PSNR %.2f dB (input %.2f dB, gain %+.2f dB)", epoch + 1, epochs,
                  history[-1]["loss"], v.get("psnr", np.nan), v.get("input_psnr", np.nan), v.get("gain_db", np.nan))
         split = {"train": train_ids, "val": val_ids, "seed": seed}
-        meta = {"profile": {"task": task, "scale": scale, "sigma": cfg["sigma"] if task == "denoise" else None},
+        meta = {"profile": _profile(task, scale, cfg),
                 "history": history, "split": split, "recipe": v.get("recipe"),
                 "data": str(data_dir or config.get("reference"))}
         if v and v["psnr"] > best:

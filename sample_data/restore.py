@@ -157,6 +157,32 @@ def write_degraded(src: str | Path, out: str | Path, task: str, *, sigma: float 
     return written
 
 
+def underexpose(array: np.ndarray, mean: float = 11.0) -> np.ndarray:
+    """An under-exposed copy of ``(H, W, C)`` uint8/uint16: colour scaled so its mean is ``mean``
+    on the 0-255 scale, rounded at the array's own depth; alpha (C 2 or 4) unchanged."""
+    top = float(np.iinfo(array.dtype).max)
+    c = array.shape[2] - (array.shape[2] in (2, 4))
+    colour = array[..., :c].astype(np.float64)
+    k = mean / 255.0 * top / max(colour.mean(), 1e-9)
+    out = array.copy()
+    out[..., :c] = np.rint(np.clip(colour * k, 0, top)).astype(array.dtype)
+    return out
+
+
+def write_underexposed(src: str | Path, out: str | Path, mean: float = 11.0) -> list[Path]:
+    """Under-exposed copies (:func:`underexpose`) of every image under ``src``; JPEG written as PNG."""
+    from imagingflows.pipelines.restore_train import list_images
+    from imagingflows.tasks.image_io import read_image, write_image
+
+    src, out = Path(src), Path(out)
+    written = []
+    for path in list_images(src):
+        img = read_image(path)
+        rel = path.relative_to(src).with_suffix(".png" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix)
+        written.append(write_image(out / rel, underexpose(img.array, mean), icc_profile=img.icc_profile))
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "restore"))
@@ -169,8 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline", default=None, help="SR: also write bicubic upscalings of the degraded images here")
+    ap.add_argument("--underexpose", type=float, default=None, metavar="MEAN",
+                    help="write under-exposed copies (colour mean MEAN on the 0-255 scale) of --src into --out")
     args = ap.parse_args(argv)
-    if args.degrade:
+    if args.underexpose is not None:
+        paths = write_underexposed(args.src, args.out, args.underexpose)
+    elif args.degrade:
         paths = write_degraded(args.src, args.out, args.degrade, sigma=args.sigma, scale=args.scale, seed=args.seed,
                                baseline=args.baseline)
     else:

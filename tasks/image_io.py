@@ -26,6 +26,13 @@ Reading (:func:`read_image`) gives an :class:`ImageData`:
 Every failure is an :class:`~imagingflows.tasks.ingest.InputError` that names the file and says what was
 expected and what was found.
 
+**White level** (the largest value the data can take): 16-bit files often hold fewer bits (10-, 12- or
+14-bit camera or scanner data, max 1023 / 4095 / 16383). The file may say so: PNG ``sBIT`` (significant
+bits per channel) or TIFF ``MaxSampleValue`` (281) / ``SMaxSampleValue`` (341). ``ImageData.level_hint``
+holds what the file says; :func:`white_level` decides (a ``--white-level`` option wins over the file; a
+hint the data exceed is ignored, e.g. sBIT data that were scaled up to 16 bit as the PNG spec intends).
+Writing with ``like=`` puts the same sBIT / MaxSampleValue back when the output stays within it.
+
 Writing (:func:`write_image`) picks the format from the suffix, keeps the bit depth and writes atomically
 (temp file beside the output, then rename). 16-bit PNG is encoded here (Pillow cannot write 16-bit colour
 PNG); TIFF is written by tifffile with Deflate compression; JPEG is 8-bit only (quality 95, 4:4:4).
@@ -80,6 +87,8 @@ class ImageData:
     orientation_applied: int = 1
     source_mode: str = ""
     notes: list[str] = field(default_factory=list)
+    #: (largest value, why) the file declares for its colour samples (PNG sBIT, TIFF tags), or None
+    level_hint: tuple[int, str] | None = None
 
     @property
     def height(self) -> int:
@@ -92,6 +101,11 @@ class ImageData:
     @property
     def channels(self) -> int:
         return int(self.array.shape[2])
+
+    @property
+    def top(self) -> int:
+        """The container's largest value: 255 or 65535."""
+        return 255 if self.bit_depth == 8 else 65535
 
     @property
     def has_alpha(self) -> bool:
@@ -117,6 +131,7 @@ class ImageData:
             "alpha": self.has_alpha,
             "icc_profile": self.icc_profile is not None,
             "orientation_applied": self.orientation_applied,
+            "level_hint": list(self.level_hint) if self.level_hint else None,
             "notes": list(self.notes),
         }
 
@@ -259,7 +274,8 @@ def _read_pillow(path: Path, head: bytes, fmt_hint: str | None = None, tiff_bits
         raise InputError(f"{path}: {tiff_bits}-bit TIFF could only be decoded at 8 bit here; expected lossless 16 bit")
     array, orientation = _orient(array, orientation, notes)
     depth = 16 if array.dtype == np.uint16 else 8
-    return ImageData(array, depth, str(path), fmt, icc, orientation, source_mode, notes)
+    hint = _png_sbit_hint(path, array.shape[2]) if fmt == "PNG" and depth == 16 else None
+    return ImageData(array, depth, str(path), fmt, icc, orientation, source_mode, notes, hint)
 
 
 def _png16_colour(path: Path, rawmode: str) -> np.ndarray:
@@ -319,6 +335,40 @@ def _pillow_to_array(path: Path, im, icc: bytes | None, notes: list[str]) -> tup
 _MODE_WORDS = {"I": "32-bit integer", "F": "32-bit float", "LAB": "CIE L*a*b*", "HSV": "HSV"}
 
 
+def png_chunks(path: Path, stop: bytes = b"IDAT") -> dict[bytes, bytes]:
+    """``{chunk type: data}`` of the PNG chunks before the first ``stop`` chunk (first of each type)."""
+    found: dict[bytes, bytes] = {}
+    with open(path, "rb") as fh:
+        if fh.read(8) != _PNG_MAGIC:
+            return found
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return found
+            length, kind = struct.unpack(">I4s", head)
+            if kind == stop or length > 1 << 24:
+                return found
+            data = fh.read(length)
+            fh.seek(4, os.SEEK_CUR)  # CRC
+            found.setdefault(kind, data)
+
+
+def _png_sbit_hint(path: Path, channels: int) -> tuple[int, str] | None:
+    """White level from a 16-bit PNG's ``sBIT`` chunk: ``2**bits - 1`` for the colour channels.
+
+    sBIT holds one byte per channel (gray, gray+alpha, RGB, RGBA); the colour channels' largest
+    value counts. None without a valid chunk or when it says 16 bits.
+    """
+    data = png_chunks(path).get(b"sBIT")
+    n_colour = 1 if channels in (1, 2) else 3
+    if not data or len(data) < n_colour:
+        return None
+    bits = max(data[:n_colour])
+    if not 1 <= bits < 16:
+        return None
+    return 2 ** bits - 1, f"PNG sBIT: {bits} significant bits"
+
+
 def _png_bit_depth(path: Path) -> int | None:
     with open(path, "rb") as fh:
         head = fh.read(33)
@@ -354,6 +404,7 @@ def _read_tiff(path: Path) -> ImageData:
         bits = int(page.bitspersample)
         icc = _tiff_tag(page, 34675)
         icc = bytes(icc) if icc else None
+        hint = _tiff_level_hint(page) if bits == 16 else None
         orientation = _tiff_tag(page, 274) or 1
         P = tifffile.PHOTOMETRIC
         simple = photometric in (P.MINISBLACK, P.MINISWHITE, P.RGB) and page.dtype in (np.uint8, np.uint16, np.bool_)
@@ -423,12 +474,70 @@ def _read_tiff(path: Path) -> ImageData:
     source_mode = f"TIFF {'RGB' if colour == 3 else 'gray'}{'+alpha' if array.shape[2] in (2, 4) else ''} {bits}-bit"
     array, orientation = _orient(array, orientation, notes)
     depth = 16 if array.dtype == np.uint16 else 8
-    return ImageData(array, depth, str(path), "TIFF", icc, orientation, source_mode, notes)
+    return ImageData(array, depth, str(path), "TIFF", icc, orientation, source_mode, notes,
+                     hint if depth == 16 else None)
+
+
+def _tiff_level_hint(page) -> tuple[int, str] | None:
+    """White level from TIFF ``SMaxSampleValue`` (341) or ``MaxSampleValue`` (281), below 65535."""
+    for code, name in ((341, "SMaxSampleValue"), (281, "MaxSampleValue")):
+        value = _tiff_tag(page, code)
+        if value is None:
+            continue
+        values = [int(v) for v in (value if isinstance(value, (tuple, list)) else [value])]
+        level = max(values) if values else 0
+        if 0 < level < 65535:
+            return level, f"TIFF {name} {level}"
+    return None
 
 
 def _tiff_tag(page, code: int):
     tag = page.tags.get(code)
     return None if tag is None else tag.value
+
+
+# ----------------------------------------------------------------------------------- white level
+
+
+def white_level(img: ImageData, option: int | None = None) -> tuple[int, str]:
+    """The largest value ``img``'s colour data can take, and why (for the item's notes).
+
+    ``option`` (``--white-level``) wins over the file for 16-bit images and must not be below the
+    data (InputError); 8-bit images always use 255. A file hint (:attr:`ImageData.level_hint`) is used
+    when the data stay within it, else ignored (the data were scaled to the full range). Without
+    either: the container's maximum.
+    """
+    top = img.top
+    cmax = int(img.color.max()) if img.color.size else 0
+    if option is not None:
+        option = int(option)
+        if img.bit_depth == 8:
+            return top, f"8-bit image: white level 255 (--white-level {option} applies to 16-bit images)"
+        if not 1 <= option <= top:
+            raise InputError(f"{img.source}: --white-level {option} is outside 1..{top} for a 16-bit image")
+        if cmax > option:
+            raise InputError(f"{img.source}: values reach {cmax}, above --white-level {option}; expected data "
+                             f"within 0..{option} (give the white level of these data, or leave it out)")
+        return option, f"--white-level {option}"
+    if img.level_hint is not None:
+        level, why = img.level_hint
+        if cmax <= level:
+            return level, why
+        return top, (f"{why} ignored: values reach {cmax} (the data fill the 16-bit range); "
+                     f"white level {top}")
+    return top, f"{img.bit_depth}-bit container maximum"
+
+
+def fewer_bits_hint(img: ImageData, level: int) -> str | None:
+    """A note when 16-bit data at the full white level use 12 bits or fewer (maybe 10/12-bit data)."""
+    if img.bit_depth != 16 or level != img.top:
+        return None
+    cmax = int(img.color.max()) if img.color.size else 0
+    bits = max(1, cmax.bit_length())
+    if 0 < cmax and bits <= 12:
+        return (f"values reach only {cmax} of 65535 ({bits} bits) and the file declares no bit depth: "
+                f"if these are {bits}-bit data, pass --white-level {2 ** bits - 1}")
+    return None
 
 
 # ----------------------------------------------------------------------------------- float conversion
@@ -491,11 +600,14 @@ def write_image(
     array: np.ndarray,
     icc_profile: bytes | None = None,
     like: ImageData | None = None,
+    white_level: int | None = None,
 ) -> Path:
     """Write ``(H, W[, C])`` uint8/uint16 ``array`` as PNG, TIFF or JPEG (by suffix), atomically.
 
     ``like``: the :class:`ImageData` this output was made from; its ICC profile is used when
     ``icc_profile`` is None, and its bit depth must match ``array``'s (restoration keeps bit depth).
+    ``white_level`` (16-bit, below 65535; default: ``like``'s declared level): recorded in the file
+    (PNG sBIT when it is ``2**n - 1``, TIFF MaxSampleValue) when the colour data stay within it.
     Bad arguments raise ValueError; a failed write raises :class:`~imagingflows.tasks.write.WriteError`
     and leaves neither a temp file nor a partial output behind.
     """
@@ -513,11 +625,17 @@ def write_image(
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or 0 in array.shape:
         raise ValueError(f"{path}: expected (H, W) or (H, W, C) with C in 1..4, found shape {array.shape}")
     depth = 8 if array.dtype == np.uint8 else 16
+    level = None  # the input's declared white level, written back when the output stays within it
     if like is not None:
         if like.bit_depth != depth:
             raise ValueError(f"{path}: the input was {like.bit_depth}-bit but this array is {depth}-bit")
         if icc_profile is None:
             icc_profile = like.icc_profile
+        if white_level is None and like.level_hint:
+            white_level = like.level_hint[0]
+    if white_level is not None and depth == 16 and 0 < white_level < 65535:
+        c = 1 if array.shape[2] in (1, 2) else 3
+        level = int(white_level) if int(array[..., :c].max()) <= white_level else None
     if icc_profile:
         space = bytes(icc_profile[16:20])
         want = (b"GRAY",) if array.shape[2] in (1, 2) else (b"RGB ",)
@@ -532,9 +650,9 @@ def write_image(
     try:
         with atomic_path(path) as tmp:
             if fmt == "TIFF":
-                _write_tiff(tmp, array, icc_profile)
+                _write_tiff(tmp, array, icc_profile, level)
             elif fmt == "PNG" and depth == 16:
-                tmp.write_bytes(encode_png16(array, icc_profile))
+                tmp.write_bytes(encode_png16(array, icc_profile, sbit=_sbit_of(level, array.shape[2])))
             else:
                 _write_pillow(tmp, array, fmt, icc_profile)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
@@ -552,10 +670,20 @@ def _write_pillow(tmp: Path, array: np.ndarray, fmt: str, icc: bytes | None) -> 
     im.save(tmp, format=fmt, **kwargs)
 
 
-def _write_tiff(tmp: Path, array: np.ndarray, icc: bytes | None) -> None:
+def _sbit_of(level: int | None, channels: int) -> bytes | None:
+    """sBIT bytes for a white level ``2**n - 1`` (colour channels n bits, alpha 16); None otherwise."""
+    if level is None or (level + 1) & level:
+        return None
+    bits = level.bit_length()
+    colour = 1 if channels in (1, 2) else 3
+    return bytes([bits] * colour + [16] * (channels - colour))
+
+
+def _write_tiff(tmp: Path, array: np.ndarray, icc: bytes | None, level: int | None = None) -> None:
     import tifffile
 
     c = array.shape[2]
+    extratags = [(281, "H", c, (level,) * c, True)] if level else None
     tifffile.imwrite(
         tmp,
         array[..., 0] if c == 1 else array,
@@ -565,6 +693,7 @@ def _write_tiff(tmp: Path, array: np.ndarray, icc: bytes | None) -> None:
         predictor=True,
         iccprofile=icc,
         metadata=None,
+        extratags=extratags,
     )
 
 
@@ -572,11 +701,13 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> bytes:
+def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, level: int = 6,
+                 sbit: bytes | None = None) -> bytes:
     """Encode ``(H, W, C)`` uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) as a 16-bit PNG.
 
     Each row gets the PNG filter (None, Sub, Up, Average, Paeth) with the smallest sum of absolute
-    filtered bytes (libpng's heuristic); no interlace; the ICC profile, if any, goes into an iCCP chunk.
+    filtered bytes (libpng's heuristic); no interlace; the ICC profile, if any, goes into an iCCP chunk;
+    ``sbit`` (one byte per channel), if given, into an sBIT chunk.
     """
     h, w, c = array.shape
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
@@ -604,6 +735,8 @@ def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, level: int
         prior = x[-1]
     parts.append(comp.flush())
     out = [_PNG_MAGIC, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))]
+    if sbit:
+        out.append(_png_chunk(b"sBIT", bytes(sbit)))
     if icc_profile:
         out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
     out += [_png_chunk(b"IDAT", b"".join(parts)), _png_chunk(b"IEND", b"")]

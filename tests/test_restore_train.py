@@ -104,3 +104,54 @@ def test_bundled_demo_weights_improve_a_held_out_crop(task, least_gain_db):
         before, after = psnr(low_u8, clean), psnr(out, clean)
     print(f"{task}: {before:.2f} dB -> {after:.2f} dB")
     assert out.shape == clean.shape and after - before >= least_gain_db
+
+
+def test_sigma_takes_a_level_or_a_range():
+    from imagingflows.pipelines.restore_train import parse_sigma
+
+    assert parse_sigma("25") == 25.0 and parse_sigma(25) == 25.0 and parse_sigma("7.5") == 7.5
+    assert parse_sigma("0-50") == (0.0, 50.0) and parse_sigma("10-10") == 10.0
+    for bad in ("50-0", "abc", "-5", "0-300"):
+        with pytest.raises(ValueError, match="--sigma"):
+            parse_sigma(bad)
+    # the string "25" draws exactly the noise the number 25.0 drew
+    clean = torch.full((2, 3, 32, 32), 0.4)
+    a = degrade(clean, "denoise", sigma=parse_sigma("25"), scale=1, gen=torch.Generator().manual_seed(1))
+    b = degrade(clean, "denoise", sigma=25.0, scale=1, gen=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_a_sigma_range_draws_a_level_per_crop_clean_ones_included():
+    clean = torch.full((64, 3, 48, 48), 0.5)
+    noisy = degrade(clean, "denoise", sigma=(0.0, 50.0), scale=1, gen=torch.Generator().manual_seed(0))
+    levels = ((noisy - clean).flatten(1).std(dim=1) * 255).numpy()
+    assert levels.max() > 40 and (levels < 0.5).sum() >= 3  # strong noise, and some crops left clean
+    assert np.all(levels < 52)
+    assert torch.equal(noisy, torch.round(noisy * 255) / 255)
+
+
+def test_photometric_darkens_and_flattens_some_crops_on_the_8_bit_grid():
+    from imagingflows.pipelines.restore_train import photometric
+
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand((64, 3, 32, 32), generator=gen) * 0.6 + 0.2
+    out = photometric(clean, gen)
+    means = out.mean(dim=(1, 2, 3))
+    changed = (out != clean).flatten(1).any(dim=1)
+    assert 0.3 < float(changed.float().mean()) < 0.9  # some crops, not all
+    assert float(means.min()) < 0.1  # dark crops (mean under 25/255) are made
+    assert torch.equal(out[changed], torch.round(out[changed] * 255) / 255)
+    assert torch.equal(out[~changed], clean[~changed])
+
+
+def test_blind_photometric_training_records_what_it_used(clean_dir, tmp_path):
+    cfg = {"task": "denoise", "epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "patch": 32, "val_fraction": 0.25,
+           "sigma": "0-50", "photometric": True, "arch_config": TINY_NAFNET}
+    out = train(clean_dir, tmp_path / "run", cfg)
+    profile = read_checkpoint(tmp_path / "run" / "best.pt").meta["profile"]
+    assert profile["sigma"] == [0.0, 50.0] and profile["blind"] is True and profile["val_sigmas"] == [5.0, 25.0, 50.0]
+    assert profile["photometric"]["gain"] == [0.05, 1.2]
+    # validation: each held-out image at sigma 5, 25 and 50: the mean input PSNR lies between them
+    assert 18.0 < out["history"][-1]["val_input_psnr"] < 30.0
+    with pytest.raises(ValueError, match="--photometric"):
+        train(None, tmp_path / "run2", {**cfg, "input": str(clean_dir), "reference": str(clean_dir)})
