@@ -34,7 +34,8 @@ Conventions (each applied conversion is listed in the item's ``notes`` in run.js
   was used and why. 16-bit data that use 12 bits or fewer without any such hint get a note.
 - A collapsed output (near-constant where the input has structure, or its mean or range far below
   the input's: a model that blanks the image) fails the item with the reason; nothing is written
-  (:func:`check_collapse`; a flat input may give a flat output).
+  (:func:`check_collapse`; a flat input may give a flat output). ``collapse_check=False`` turns the
+  check off (e.g. plumbing tests with random weights, whose outputs are near-constant).
 - EXIF orientation is applied on reading (outputs are upright and carry no orientation tag); palette
   and CMYK images are converted to RGB (see :mod:`imagingflows.tasks.image_io`).
 - Metrics (``evaluate``): PSNR/SSIM in the BasicSR recipe (:mod:`imagingflows.tasks.evaluate`), RGB
@@ -272,6 +273,8 @@ def prepare(config: dict) -> dict:
     else:
         cfg["whole_max_pixels"] = None  # HAT: always tiles (local attention; memory bounded by the tile)
     # auto is resolved here, once, so run.json and the config hash name the path that ran
+    if not isinstance(cfg.get("collapse_check", True), bool):
+        raise ValueError(f"collapse_check must be True or False, got {cfg['collapse_check']!r}")
     if cfg.get("white_level") is not None:
         cfg["white_level"] = _int_option(cfg, "white_level", 1)
         if cfg["white_level"] > 65535:
@@ -397,7 +400,10 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
     hint = fewer_bits_hint(img, level)
     if hint:
         notes.insert(0, hint)
-    check_collapse(color, restored, level, scale, img.source, hint)
+    if cfg.get("collapse_check", True):
+        check_collapse(color, restored, level, scale, img.source, hint)
+    else:
+        notes.append("collapse check off (collapse_check False)")
     if alpha is not None:
         if scale == 1:
             notes.append("alpha passed through unchanged")
@@ -473,6 +479,7 @@ def _to_u8_rgb(a: np.ndarray, white_level: int | None = None) -> np.ndarray:
 #: a collapsed output: block std below this share of the input's, range below this share, mean below this share
 COLLAPSE_STD, COLLAPSE_RANGE, COLLAPSE_MEAN = 0.1, 0.2, 0.3
 COLLAPSE_BLOCK = 8  # input pixels per block side: block means average the noise away
+COLLAPSE_MIN_SIDE = 16  # smaller images are not checked
 
 
 def _gray(a: np.ndarray, level: int) -> np.ndarray:
@@ -498,7 +505,8 @@ def collapse_reason(before: np.ndarray, after: np.ndarray, level: int, scale: in
     """Why ``after`` (``(H*scale, W*scale, C)``) is a collapsed restoration of ``before`` (``(H, W, C)``), or None.
 
     Compares ``COLLAPSE_BLOCK``-pixel block means (the output's blocks cover the same area), so noise,
-    blur and detail do not count; only the picture's layout and exposure do:
+    blur and detail do not count; only the picture's layout and exposure do (images with a side under
+    ``COLLAPSE_MIN_SIDE`` pixels are not checked):
 
     * near-constant: the output's block std below ``COLLAPSE_STD`` of the input's, where the input has
       structure (block std above 3x what its own noise leaves in a block mean, and above 0.5/255);
@@ -507,6 +515,8 @@ def collapse_reason(before: np.ndarray, after: np.ndarray, level: int, scale: in
     * mean: the output's mean below ``COLLAPSE_MEAN`` of the input's, where the input's mean is well above
       its noise (clipped noise lifts the mean of a dark noisy image, which a denoiser rightly removes).
     """
+    if min(before.shape[:2]) < COLLAPSE_MIN_SIDE:
+        return None  # too few pixels for the statistics to mean anything
     b = COLLAPSE_BLOCK if min(before.shape[:2]) >= 4 * COLLAPSE_BLOCK else 1
     x, y = _gray(before, level), _gray(after, level)
     bi, bo = _block_means(x, b), _block_means(y, b * scale)

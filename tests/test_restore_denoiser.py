@@ -3,7 +3,7 @@
 On the five held-out sample images (none of them in its training set), in fp32:
 - a clean image comes back at >= 38 dB PSNR against itself (the sigma-25 model erased texture: 32 dB);
 - an under-exposed copy (colour mean 11 on the 0-255 scale) keeps its mean within 5% (was 11 -> 2.8);
-- low noise (sigma 10) is removed with a gain, not made worse.
+- low noise (sigma 10) is removed: >= 5 dB gain on astronaut (the sigma-25 model: 3.6 dB).
 """
 
 from __future__ import annotations
@@ -59,4 +59,4 @@ def test_low_noise_gains(cfg):
     out, _, _ = restoration.restore_array(np.ascontiguousarray(noisy), cfg)
     before = restore_metrics(noisy, clean, "denoise", 1)["psnr"]
     after = restore_metrics(out, clean, "denoise", 1)["psnr"]
-    assert after - before >= 2.0, (before, after)
+    assert after - before >= 5.0, (before, after)  # the sigma-25 model gained 3.6 dB here
