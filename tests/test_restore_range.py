@@ -194,3 +194,25 @@ def test_collapse_rule_catches_blank_dark_and_flattened_outputs():
     assert "near-constant" in restoration.collapse_reason(photo, flat, 255)
     sr_blank = np.zeros((512, 512, 3), np.uint8)
     assert restoration.collapse_reason(photo, sr_blank, 255, 2) is not None
+
+
+def test_evaluate_scores_10_bit_images_on_their_own_scale(tmp_path):
+    """PSNR of 10-bit data (sBIT) is relative to 1023, not 65535 (which would add about 36 dB)."""
+    from typer.testing import CliRunner
+
+    from imagingflows.flows.cli import app
+
+    clean = _camera16(4)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.rint(clean + rng.normal(0, 10, clean.shape)), 0, 1023).astype(np.uint16)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt" / "x.png").write_bytes(encode_png16(clean, sbit=bytes([10])))
+    (tmp_path / "pred" / "x.png").write_bytes(encode_png16(noisy, sbit=bytes([10])))
+    result = CliRunner().invoke(app, ["evaluate", "restore", "--task", "denoise", "--predictions", str(tmp_path / "pred"),
+                                      "--reference", str(tmp_path / "gt"), "--output", str(tmp_path / "ev"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "ev" / "metrics.json").read_text())["per_item"]["x.png"]
+    want = 10 * np.log10(1023.0 ** 2 / np.mean((noisy.astype(float) - clean) ** 2))
+    assert row["psnr"] == pytest.approx(want, abs=0.05), row
+    assert "white levels 1023" in row["recipe"]
