@@ -18,28 +18,35 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports prefect: private, quiet defaults the user can still override.
-for _var, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    # the embedded server's 20 s default start-up wait fails on a loaded 2-core box (cron jobs)
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}.items():
-    os.environ.setdefault(_var, _value)
+# Quiet, private defaults are set by imagingflows.flows (imported first, before prefect).
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
 
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+import typer
+from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Imaging pipelines as Prefect flows.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        import torch
+
+        print(f"imagingflows {metadata.version('imagingflows')} (torch {torch.__version__}, "
+              f"prefect {metadata.version('prefect')}, monai {metadata.version('monai')})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Imaging pipelines as Prefect flows."""
 err = Console(stderr=True, soft_wrap=True)  # one message, one line (cron mail, grep)
 
 Roi = Optional[tuple[int, int, int]]
@@ -93,6 +100,10 @@ def _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafn
     }
 
 
+#: exit codes of a run stopped by a signal (the shell's 128 + signal number)
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
 def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, *, resume: bool,
                runner: str, workers: int, quiet: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -102,28 +113,37 @@ def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, 
 
     try:
         plan = plan_run(pipeline, input_dir, output_dir, options)
+        _quiet_prefect_console()
+        total = len(plan.items) + len(plan.errors)
+        if quiet:
+            result = execute(plan, resume=resume, runner=runner, workers=workers)
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err, transient=False) as bar:
+                job = bar.add_task(f"{pipeline}", total=total, completed=len(plan.errors))
+
+                def tick(item_id: str, status: str) -> None:
+                    bar.update(job, advance=1, description=f"{pipeline}: {item_id} {status}")
+
+                def inside(item_id: str, unit: str, done: int, of: int) -> None:
+                    bar.update(job, description=f"{pipeline}: {item_id} {unit} {done}/{of}")
+
+                result = execute(plan, resume=resume, runner=runner, workers=workers, progress=tick,
+                                 item_progress=inside)
     except UsageError as e:
         _fail(str(e))
-    _quiet_prefect_console()
-    total = len(plan.items) + len(plan.errors)
-    if quiet:
-        result = execute(plan, resume=resume, runner=runner, workers=workers)
-    else:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=False) as bar:
-            job = bar.add_task(f"{pipeline}", total=total, completed=len(plan.errors))
-
-            def tick(item_id: str, status: str) -> None:
-                bar.update(job, advance=1, description=f"{pipeline}: {item_id} {status}")
-
-            result = execute(plan, resume=resume, runner=runner, workers=workers, progress=tick)
     counts = result["counts"]
-    if not quiet or counts.get("failed"):
+    if not quiet or counts.get("failed") or result.get("interrupted"):
         err.print(f"{pipeline}: {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped, "
                   f"{counts.get('failed', 0)} failed -> {output_dir}/report.html", highlight=False)
-        for item_id, status in result["outcomes"].items():
-            if status == "failed":
-                err.print(f"  [red]failed[/] {item_id}", highlight=False)
+    for item_id, reason in result.get("errors", {}).items():  # also under --quiet: cron mails the reason
+        first = (reason or "failed").strip().splitlines()[0]
+        err.print(f"  [red]failed[/] {escape(item_id)}: {escape(first)}", highlight=False)
+    if result.get("interrupted"):
+        signame = result["interrupted"]
+        err.print(f"stopped by {signame}: {len(result['not_finished'])} items not finished; run.json records "
+                  f"the finished ones (rerun with --resume)", highlight=False)
+        return SIGNAL_EXIT.get(signame, 1)
     return 1 if counts.get("failed") else 0
 
 
@@ -159,6 +179,9 @@ def segment(
     runner: str = typer.Option("thread", help="thread, process or dask[=tcp://host:8786]."),
     workers: int = typer.Option(1, min=1, help="Parallel items; torch threads are split between them."),
     anonymize: bool = typer.Option(False, help="Replace case ids by pseudonyms in outputs, logs and reports."),
+    anonymize_key: Optional[Path] = typer.Option(
+        None, help="The secret that maps ids to pseudonyms (created if missing; keep it private, outside the "
+                   "output folder). Default: ~/.config/imagingflows/anonymize.key ($XDG_CONFIG_HOME honoured)."),
     save_probabilities: bool = typer.Option(False, help="Also write <case>_probs.nii.gz (TC, WT, ET sigmoid)."),
     precision: str = typer.Option(
         "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
@@ -170,6 +193,8 @@ def segment(
     options = _segment_options(weights, arch, trust_checkpoint, patch_merging, roi, overlap, sw_batch_size,
                                spacing, axcodes, labels, device, anonymize, save_probabilities, precision,
                                crop_foreground, skip_empty)
+    if anonymize_key is not None:
+        options["anonymize_key"] = str(anonymize_key)
     raise typer.Exit(_run_batch("segment", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 
@@ -248,6 +273,8 @@ def train(
     """Train or fine-tune a pipeline's model on your own data (resumes from the run folder)."""
     from imagingflows.flows.runners import UsageError
     from imagingflows.flows.train import train_pipeline
+
+    _quiet_prefect_console()  # a set-up error is one line below, not Prefect's task traceback
 
     config = {
         "weights": str(weights) if weights else None, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
@@ -413,10 +440,27 @@ def models() -> None:
         err.print(f"{name}: {REGISTRY.get(name).description}", highlight=False)
 
 
+def _terminated(signum, frame) -> None:  # noqa: ARG001
+    raise SystemExit(SIGNAL_EXIT["SIGTERM"])  # before/after a batch: exit cleanly (atexit runs)
+
+
 def main() -> None:
+    import atexit
+    import signal
+
+    from imagingflows.flows.run import end_child_processes
+
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="monai")
-    app(prog_name="run-flow")
+    # Registered before Prefect registers its ephemeral server's stop, so it runs after it (LIFO):
+    # whatever is still running then (server, workers) is ended, never left behind.
+    atexit.register(end_child_processes)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        app(prog_name="run-flow")
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(SIGNAL_EXIT["SIGINT"])
 
 
 if __name__ == "__main__":

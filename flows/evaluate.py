@@ -106,6 +106,9 @@ def evaluate_pipeline(pipeline: str, predictions: str | Path, references: str | 
         except ValueError as e:
             raise UsageError(str(e)) from e
     Path(output_dir).mkdir(parents=True, exist_ok=True)
+    from imagingflows.flows.run import start_local_server
+
+    start_local_server()
     result = evaluate_flow(pipeline, str(predictions), str(references), str(output_dir), config)
     if not result["metrics"]["per_item"] and result["failed"]:
         raise UsageError("no case could be scored:\n" + "\n".join(f"  {k}: {v}" for k, v in result["failed"].items()))

@@ -7,21 +7,25 @@ JSON configs; the model lives in the backend's per-process cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
+import queue
 import re
 import secrets
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from uuid import UUID
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from imagingflows.flows.runners import UsageError, make_task_runner
 from imagingflows.pipelines.base import get_pipeline
@@ -51,9 +55,28 @@ def pseudonym(case_id: str, key: bytes) -> str:
     return "case-" + hmac.new(key, case_id.encode(), hashlib.sha256).hexdigest()[:10]
 
 
-def anonymize_key(out_dir: Path) -> bytes:
-    """The output folder's secret key for pseudonyms (created once, never reported)."""
-    path = out_dir / ".anonymize-key"
+def default_anonymize_key() -> Path:
+    """Where the pseudonym key lives unless ``--anonymize-key`` says: the user's config folder."""
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "imagingflows" / "anonymize.key"
+
+
+def anonymize_key(out_dir: Path, key_path: str | os.PathLike | None = None) -> bytes:
+    """The secret key for pseudonyms (created once, mode 0600, never reported).
+
+    It must live outside the output folder: whoever holds it can map pseudonyms back to ids,
+    and output folders are what people share.
+    """
+    path = Path(key_path).expanduser() if key_path else default_anonymize_key()
+    out = out_dir.resolve()
+    if path.resolve() == out or out in path.resolve().parents:
+        raise UsageError(f"the anonymize key {path} is inside the output folder {out_dir}, which people share; "
+                         "keep it elsewhere (--anonymize-key PATH)")
+    legacy = out_dir / ".anonymize-key"
+    if legacy.exists():
+        raise UsageError(f"{legacy} holds the pseudonym key inside the output folder (written by an older "
+                         f"version); move it out, e.g. `mv {legacy} {path}`, so the output can be shared")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -90,6 +113,8 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
     from imagingflows.models.checkpoints import CheckpointError
 
     pipe = get_pipeline(pipeline_name)
+    options = dict(options)
+    key_path = options.pop("anonymize_key", None)  # a local secret's place: not part of the config
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise UsageError(f"input folder {input_dir} does not exist")
@@ -104,7 +129,7 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
     if not items and not errors:
         raise UsageError(f"input folder {input_dir} holds no {pipeline_name} inputs")
     if options.get("anonymize"):
-        key = anonymize_key(output_dir)
+        key = anonymize_key(output_dir, key_path)
         names = {i.id: pseudonym(i.id, key) for i in items} | {cid: pseudonym(cid, key) for cid, _ in errors}
         items = [Item(names[i.id], i.paths, i.meta) for i in items]
         errors = [(names[cid], scrub(msg.replace(cid, names[cid]))) for cid, msg in errors]
@@ -112,25 +137,31 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{pipeline_name}-{item_id}")
-def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, config: dict):
+def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, config: dict,
+                 progress_artifact: str | None = None, position: list[int] | None = None):
     """Run one item end to end (read, preprocess, infer, postprocess, write); returns its entry.
 
     A failure returns a Failed state whose message names the item and the problem (scrubbed of
     input paths under ``anonymize``); whatever the item had written is removed first.
+    ``progress_artifact`` / ``position`` ([items finished before it, total]) let the item report
+    its tiles or windows to the run's progress artifact and terminal bar.
     """
     import torch
     from prefect.states import Failed
 
+    from imagingflows.models.progress import listen
+
+    _ignore_stop_signals_in_workers(config)
     torch.set_num_threads(int(config.get("torch_threads") or torch.get_num_threads()))
     pipe = get_pipeline(pipeline_name)
-    case_dir = Path(out_dir) / item_id
     start = time.perf_counter()
     try:
-        entry = pipe.process(Item.from_dict(item), Path(out_dir), config)
+        with listen(_ItemProgress(item_id, progress_artifact, position)):
+            entry = pipe.process(Item.from_dict(item), Path(out_dir), config)
         entry["seconds"] = round(time.perf_counter() - start, 2)  # this item's own time, not queueing
         return entry
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
-        shutil.rmtree(case_dir, ignore_errors=True)  # no partial outputs survive a failure
+        remove_item_outputs(pipe, item_id, Path(out_dir))  # no partial outputs survive a failure
         message = describe_error(exc)
         if config.get("anonymize"):
             message = scrub(message, item["paths"])
@@ -139,24 +170,139 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
         return Failed(message=message)
 
 
+def remove_item_outputs(pipe, item_id: str, out_dir: Path) -> None:
+    """Delete what a failed item wrote: its own folder or files, never the output folder itself."""
+    out = out_dir.resolve()
+    for path in pipe.expected_outputs(item_id, out_dir):
+        path = Path(path)
+        owned = path.parent.resolve()
+        if owned != out and out in owned.parents and owned.name == item_id:
+            shutil.rmtree(owned, ignore_errors=True)  # a per-item folder (segment's <case>/)
+        elif path.is_file() and out in path.resolve().parents:
+            path.unlink(missing_ok=True)
+
+
+def _ignore_stop_signals_in_workers(config: dict) -> None:
+    """In a worker process (process/dask runners), Ctrl-C and SIGTERM belong to the parent run,
+    which stops submitting, lets running items finish and then ends its workers itself."""
+    parent = config.get("parent_pid")
+    if parent and os.getpid() != parent and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+class _ItemProgress:
+    """Listener for one item's tiles/windows: the terminal bar (same process) and the Prefect
+    progress artifact (any process), at most a few updates per second."""
+
+    def __init__(self, item_id: str, artifact: str | None, position: list[int] | None) -> None:
+        self.item_id, self.artifact = item_id, artifact
+        self.before, self.total = (position or [0, 1])
+        self.last = 0.0
+
+    def __call__(self, unit: str, done: int, total: int) -> None:
+        callback = _item_callback()
+        if callback is not None:
+            callback(self.item_id, unit, done, total)
+        now_ = time.monotonic()
+        if self.artifact is None or (now_ - self.last < 1.0 and done < total):
+            return
+        self.last = now_
+        from prefect.artifacts import update_progress_artifact
+
+        share = (self.before + done / max(total, 1)) / max(self.total, 1)
+        try:
+            update_progress_artifact(UUID(self.artifact), progress=min(100.0, 100.0 * share),
+                                     description=f"{self.item_id}: {unit} {done}/{total}")
+        except Exception:  # noqa: BLE001 - progress is a convenience
+            pass
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, InputError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
+#: seconds that running items get to finish after SIGINT/SIGTERM before the run stops without them
+STOP_GRACE_SECONDS = 60.0
+
+
+class StopRequest:
+    """Signal handler state: the first SIGINT/SIGTERM stops submitting and lets running items
+    finish (up to ``grace`` seconds); a second one stops waiting at once."""
+
+    def __init__(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.grace, self.signal, self.deadline = grace, None, None
+
+    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - the signal module's signature
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            self.deadline = time.monotonic() + self.grace
+            _log().warning("%s received: no new items; running items get %.0f s to finish", self.signal, self.grace)
+        else:
+            self.deadline = time.monotonic()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Handle SIGINT/SIGTERM while the block runs (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class _Completions:
+    """Futures as they finish, waited for in short slices so a stop request is seen at once."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.pending: dict[int, Any] = {}
+
+    def add(self, future, payload) -> None:
+        self.pending[id(future)] = (future, payload)
+        register = getattr(future, "_add_prefect_done_callback", None) or future.add_done_callback
+        register(self.queue.put)
+
+    def next(self, timeout: float = 0.5):
+        """``(future, payload)`` of a finished future, or None after ``timeout``."""
+        try:
+            future = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return self.pending.pop(id(future), None)
+
+
 @flow(name="imagingflows-run", log_prints=False)
 def run_flow(
     pipeline: str, input_dir: str, output_dir: str, config: dict[str, Any],
-    items: list[dict], errors: list[list[str]], resume: bool = False,
+    items: list[dict], errors: list[list[str]], resume: bool = False, max_in_flight: int = CHUNK,
 ) -> dict:
-    """Process every item; record each outcome in run.json as it lands; write the report."""
+    """Process every item; record each outcome in run.json as it lands; write the report.
+
+    At most ``max_in_flight`` items are submitted at once, so on SIGINT/SIGTERM nothing more is
+    started; items already running get :data:`STOP_GRACE_SECONDS` to finish, then run.json and
+    the report are written with every finished item and the flow returns ``interrupted``.
+    """
     pipe = get_pipeline(pipeline)
     out = Path(output_dir)
     manifest = RunManifest.open(out, pipeline=pipeline, command="run", resume=resume)
-    cfg_hash = config_hash(config, pipe.output_config_keys)
+    cfg_hash = config_hash(config, pipe.output_config_keys + RUN_CONFIG_KEYS)
     manifest.set(config=config, config_hash=cfg_hash, model=config.get("model"),
-                 device=config.get("device_info"), anonymized=bool(config.get("anonymize")))
+                 device=config.get("device_info"), anonymized=bool(config.get("anonymize")),
+                 demo_weights=config.get("demo_weights"))
     outcomes: dict[str, str] = {}
     for case_id, message in errors:
         manifest.record(case_id, {"status": "failed", "error": message})
@@ -174,17 +320,23 @@ def run_flow(
             continue
         todo.append((d, input_hash))
 
-    progress = _Progress(len(items) + len(errors), len(outcomes), _progress_callback())
-    for start in range(0, len(todo), CHUNK):
-        chunk, futures = todo[start:start + CHUNK], []
-        submitted = {}
-        for d, h in chunk:
-            fut = process_item.submit(pipeline, d["id"], d, output_dir, config)
-            submitted[id(fut)] = (d, h)
-            futures.append(fut)
-        for fut in as_completed(futures):  # record each item as soon as it lands (a kill loses none)
-            d, input_hash = submitted[id(fut)]
-            fut.wait()  # as_completed can yield before the future's Prefect state is final
+    total = len(items) + len(errors)
+    progress = _Progress(total, len(outcomes), _progress_callback())
+    completions, stop = _Completions(), StopRequest()
+    with stop.installed():
+        while todo or completions.pending:
+            while todo and not stop.requested and len(completions.pending) < max(1, max_in_flight):
+                d, input_hash = todo.pop(0)
+                fut = process_item.submit(pipeline, d["id"], d, output_dir, config,
+                                          progress.artifact_key, [progress.done, progress.total])
+                completions.add(fut, (d, input_hash))
+            if stop.requested and (not completions.pending or stop.out_of_time()):
+                break
+            landed = completions.next()
+            if landed is None:
+                continue
+            fut, (d, input_hash) = landed
+            fut.wait()  # the done callback can fire before the future's Prefect state is final
             entry = {"input_hash": input_hash, "config_hash": cfg_hash,
                      "weights_sha256": config.get("weights_sha256")}
             if not config.get("anonymize"):
@@ -195,12 +347,27 @@ def run_flow(
             else:
                 entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
                 _log().error("%s: %s", d["id"], entry["error"])
-            manifest.record(d["id"], entry)
+            manifest.record(d["id"], entry)  # each item as soon as it lands (a kill loses none)
             outcomes[d["id"]] = entry["status"]
             progress.advance(d["id"], entry["status"])
-    counts = manifest.finish(outcomes)
+    unfinished = [d["id"] for d, _ in todo] + [d["id"] for _, (d, _) in completions.pending.values()]
+    extra = {"interrupted": stop.signal, "not_finished": len(unfinished)} if stop.requested else {}
+    counts = manifest.finish(outcomes, **extra)
     _publish(pipeline, out, manifest)
-    return {"counts": counts, "outcomes": outcomes, "output_dir": str(out)}
+    if stop.requested:
+        _log().warning("stopped by %s: %d items not finished (rerun with --resume)", stop.signal, len(unfinished))
+    return {"counts": counts, "outcomes": outcomes, "output_dir": str(out), "interrupted": stop.signal,
+            "not_finished": unfinished, "errors": _errors(manifest, outcomes)}
+
+
+def _errors(manifest: RunManifest, outcomes: dict[str, str]) -> dict[str, str]:
+    """This run's failed items and their reasons."""
+    return {k: (manifest.entry(k) or {}).get("error") or "failed" for k, v in outcomes.items() if v == "failed"}
+
+
+#: run-level settings that change output bytes: float rounding depends on torch's thread count
+#: (reductions are split by thread) and on the device, so they key resume like model options do
+RUN_CONFIG_KEYS = ("torch_threads", "device_type")
 
 
 def _log() -> logging.Logger:
@@ -212,6 +379,10 @@ def _log() -> logging.Logger:
 
 def _progress_callback() -> Callable | None:
     return _CALLBACK
+
+
+def _item_callback() -> Callable | None:
+    return _ITEM_CALLBACK
 
 
 def _publish(pipeline: str, out: Path, manifest: RunManifest) -> None:
@@ -244,13 +415,18 @@ class _Progress:
         except Exception:  # noqa: BLE001
             self.artifact = None
 
+    @property
+    def artifact_key(self) -> str | None:
+        return str(self.artifact) if self.artifact is not None else None
+
     def advance(self, item_id: str, status: str) -> None:
         from prefect.artifacts import update_progress_artifact
 
         self.done += 1
         if self.artifact is not None:
             try:
-                update_progress_artifact(self.artifact, progress=100.0 * self.done / self.total)
+                update_progress_artifact(self.artifact, progress=100.0 * self.done / self.total,
+                                         description=f"items processed; last {item_id} {status}")
             except Exception:  # noqa: BLE001
                 pass
         if self.callback:
@@ -258,29 +434,130 @@ class _Progress:
 
 
 def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", workers: int = 1,
-            progress: Callable | None = None) -> dict:
-    """Run a planned batch with the chosen task runner (shared by the CLI and the Python API)."""
+            progress: Callable | None = None, item_progress: Callable | None = None) -> dict:
+    """Run a planned batch with the chosen task runner (shared by the CLI and the Python API).
+
+    ``progress(item_id, status)`` is called as each item lands, ``item_progress(item_id, unit,
+    done, total)`` as its tiles or windows finish (thread runner; other runners report to the
+    Prefect progress artifact only). The output folder is locked for the run (:class:`OutputLock`).
+    Returns ``{"counts", "outcomes", "output_dir", "interrupted", "not_finished", "errors"}``.
+    """
     from imagingflows.models.backend import configure_threads, select_device
 
-    remove_stale_temps(plan.output_dir)
-    threads = configure_threads(workers)  # per item worker, thread or process: workers x threads <= cores
-    config = dict(plan.config, torch_threads=threads,
-                  device_info={"type": select_device(plan.config.get("device", "cpu")).type,
-                               "torch_threads": threads, "runner": runner, "workers": workers})
-    handler = file_log(plan.output_dir / "run.log")
-    global _CALLBACK
-    _CALLBACK = progress  # flow parameters must be JSON: the terminal callback stays process-local
-    try:
-        flow_fn = run_flow.with_options(task_runner=make_task_runner(runner, workers))
-        return flow_fn(plan.pipeline, str(plan.input_dir), str(plan.output_dir), config,
-                       [i.to_dict() for i in plan.items], [list(e) for e in plan.errors], resume)
-    finally:
-        _CALLBACK = None
-        log.removeHandler(handler)
-        handler.close()
+    with OutputLock(plan.output_dir):
+        start_local_server()
+        remove_stale_temps(plan.output_dir)
+        threads = configure_threads(workers)  # per item worker, thread or process: workers x threads <= cores
+        device_type = select_device(plan.config.get("device", "cpu")).type
+        config = dict(plan.config, torch_threads=threads, device_type=device_type, parent_pid=os.getpid(),
+                      device_info={"type": device_type, "torch_threads": threads, "runner": runner,
+                                   "workers": workers})
+        handler = file_log(plan.output_dir / "run.log")
+        global _CALLBACK, _ITEM_CALLBACK
+        _CALLBACK, _ITEM_CALLBACK = progress, item_progress  # flow parameters must be JSON: callbacks stay local
+        try:
+            flow_fn = run_flow.with_options(task_runner=make_task_runner(runner, workers))
+            in_flight = CHUNK if runner.startswith("dask=") else workers  # a remote cluster sizes itself
+            return flow_fn(plan.pipeline, str(plan.input_dir), str(plan.output_dir), config,
+                           [i.to_dict() for i in plan.items], [list(e) for e in plan.errors], resume, in_flight)
+        finally:
+            _CALLBACK = _ITEM_CALLBACK = None
+            log.removeHandler(handler)
+            handler.close()
+            remove_stale_temps(plan.output_dir)  # an item abandoned at a stop leaves none behind
 
 
 _CALLBACK: Callable | None = None
+_ITEM_CALLBACK: Callable | None = None
+
+
+class OutputLock:
+    """``<output>/.imagingflows.lock`` holding the running process's pid: a second run into the
+    same folder is refused (naming the holder), a lock left by a dead process is taken over."""
+
+    NAME = ".imagingflows.lock"
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / self.NAME
+
+    def __enter__(self) -> "OutputLock":
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise UsageError(f"{self.path.parent} is in use by another run (pid {holder}, lock "
+                                     f"{self.path}); wait for it, or choose another output folder")
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return self
+        raise UsageError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        if self._holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_local_server() -> None:
+    """Start Prefect's ephemeral server now, one process at a time per ``PREFECT_HOME``.
+
+    On a fresh home the server's first start creates and migrates the SQLite database; two runs
+    starting at once (cron jobs, two terminals) would migrate it together and one fails with
+    "database is locked". Holding a file lock while starting serialises that; with a server
+    (``PREFECT_API_URL``) this does nothing. The started server is the one Prefect reuses.
+    """
+    import fcntl
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    home = Path(PREFECT_HOME.value()).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".imagingflows-server-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            SubprocessASGIServer().start()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def end_child_processes(timeout: float = 5.0) -> None:
+    """Terminate what this process started and left running (Prefect's ephemeral server, local
+    Dask or process-pool workers), then kill what does not stop within ``timeout``."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def file_log(path: Path) -> logging.Handler:

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from imagingflows.flows.run import file_log, log
+from imagingflows.flows.run import file_log, log, start_local_server
 from imagingflows.flows.runners import UsageError
 from imagingflows.pipelines.base import get_pipeline
 from imagingflows.tasks.manifest import RunManifest
@@ -56,6 +56,7 @@ def train_pipeline(pipeline: str, data_dir: str | Path, run_dir: str | Path, con
         handlers.append(logging.StreamHandler())  # one line per epoch on the terminal
         log.addHandler(handlers[-1])
     try:
+        start_local_server()
         return train_flow(pipeline, str(data_dir), str(run_dir), config)
     except ValueError as e:
         raise UsageError(str(e)) from e

@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from imagingflows.models.progress import report as report_progress
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -81,6 +83,15 @@ def foreground_box(image: torch.Tensor, margin: int = 0) -> tuple[slice, ...] | 
     return tuple(box)
 
 
+def window_count(shape: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's sliding window runs over ``shape`` (its scan: interval ``roi * (1 - overlap)``)."""
+    count = 1
+    for size, roi in zip(shape, roi_size):
+        interval = max(int(roi * (1 - overlap)), 1)
+        count *= 1 if size <= roi else -(-(size - roi) // interval) + 1
+    return count
+
+
 def run_windows(
     net: torch.nn.Module,
     image: torch.Tensor,
@@ -126,7 +137,14 @@ def run_windows(
 
     dtype = _AUTOCAST.get(precision)
 
+    total = window_count(region.shape[2:], roi_size, overlap)
+
     def predictor(x: torch.Tensor) -> torch.Tensor:
+        y = predict_batch(x)
+        report_progress("window", min(info.windows, total), total)
+        return y
+
+    def predict_batch(x: torch.Tensor) -> torch.Tensor:
         info.windows += x.shape[0]
         if skip_empty:
             empty = ~(x != 0).flatten(1).any(1)

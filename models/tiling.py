@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from imagingflows.models.global_pool import global_pools, tiled_pooling
+from imagingflows.models.progress import report as report_progress
 from imagingflows.models.sliding_window import _AUTOCAST, resolve_precision
 
 
@@ -206,6 +207,7 @@ def predict_tiles(
         return y
 
     out = None
+    total, done = len(tiles) * (1 + measure), 0
     with torch.inference_mode(), tiled_pooling(pools if measure else []) as pooling:
         for p in range(measure + 1):
             pooling.measure, pooling.fixed = p < measure, p > 0
@@ -214,6 +216,8 @@ def predict_tiles(
                     pooling.set_tile((-(-(r1 - r0) // pad) * pad, -(-(c1 - c0) // pad) * pad),
                                      _core(r0, kr0, kr1, h, pad) + _core(c0, kc0, kc1, w, pad))
                 y = forward(r0, r1, c0, c1)
+                done += 1
+                report_progress("tile", done, total)  # the measuring pass counts: it takes as long
                 if p < measure:
                     continue
                 y = y[0, :, (kr0 - r0) * scale:(kr1 - r0) * scale, (kc0 - c0) * scale:(kc1 - c0) * scale]

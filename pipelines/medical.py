@@ -394,7 +394,9 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
         write_nifti(prob_path, np.moveaxis(probs, 0, -1).astype(np.float32), ref.affine, header=ref.header)
         outputs["probabilities"] = str(prob_path.relative_to(out_dir))
     ras_img, ras_lab, ras_spacing = _as_ras(ref.array, labels, ref.affine)
-    previews = save_overlay_previews(ras_img, ras_lab, case_dir, item.id, REGION_COLORS, spacing=ras_spacing)
+    names = {value: name for name, value in LABEL_CONVENTIONS[cfg["labels"]].items()}
+    previews = save_overlay_previews(ras_img, ras_lab, case_dir, item.id, REGION_COLORS, spacing=ras_spacing,
+                                     names=names)
     t_write = time.perf_counter()
     entry = {
         "outputs": {

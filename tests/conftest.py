@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="imagingflows-prefect-"))
+# the default pseudonym key (~/.config/imagingflows/anonymize.key) goes to a temp folder, not the user's
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="imagingflows-config-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

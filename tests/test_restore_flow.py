@@ -25,6 +25,7 @@ from imagingflows.flows.cli import app
 from imagingflows.pipelines import restoration, restore
 from imagingflows.tasks.evaluate import restore_metrics
 from imagingflows.tasks.image_io import read_image, write_image
+from imagingflows.tasks.preview import LABEL_BAND_PX
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_data" / "restore"
@@ -132,8 +133,11 @@ def test_sr_run_json_records_task_weights_variant_tiles(sr_run, weights):
         entry = run["items"][name]
         assert entry["status"] == "done" and entry["weights_sha256"] == cfg["weights_sha256"]
         assert entry["outputs"] == {"image": _out_rel(name), "previews": [f"previews/{name}.png"]}
-        assert entry["inference"]["tiles"] == 1 and entry["inference"]["precision"] == cfg["precision"]
         src = read_image(SAMPLES / name)
+        # auto runs 16-bit images in fp32 whatever it resolved to (bf16 on a native-bf16 host)
+        auto16 = src.bit_depth == 16 and cfg.get("precision_requested") == "auto"
+        assert entry["inference"]["tiles"] == 1
+        assert entry["inference"]["precision"] == ("fp32" if auto16 else cfg["precision"])
         assert entry["summary"]["size_out"] == f"{2 * src.width}x{2 * src.height}"
         assert entry["summary"]["bit_depth"] == src.bit_depth
     assert any("lossless PNG" in n for n in run["items"]["chelsea.jpg"]["notes"])
@@ -147,7 +151,7 @@ def test_sr_report_lists_previews(sr_run):
         assert f'src="previews/{name}.png"' in html
         prev = read_image(sr_run / "previews" / f"{name}.png")
         side = min(256, 2 * read_image(SAMPLES / name).height)
-        assert prev.array.shape == (side, 2 * side + 4, 3)  # before | 4 px gap | after
+        assert prev.array.shape == (side + LABEL_BAND_PX, 2 * side + 4, 3)  # captions; before | 4 px gap | after
 
 
 @pytest.mark.parametrize("name", SAMPLE_FILES)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from imagingflows.pipelines import segment
+from imagingflows.flows.run import RUN_CONFIG_KEYS
 from imagingflows.pipelines.medical import MODEL_CHANNELS, OUTPUT_CONFIG_KEYS, discover
 from imagingflows.tasks.manifest import config_hash
 
@@ -144,7 +145,7 @@ def test_end_to_end_manifest(e2e):
     for pkg in ("torch", "monai", "prefect"):
         assert run["versions"].get(pkg), pkg
     assert isinstance(run["config"], dict) and run["config"]["labels"] == "2021"
-    assert run["config_hash"] == config_hash(run["config"], OUTPUT_CONFIG_KEYS)
+    assert run["config_hash"] == config_hash(run["config"], OUTPUT_CONFIG_KEYS + RUN_CONFIG_KEYS)
     assert run["model"]["weights_sha256"] == _sha256(e2e["weights"])
     assert set(run["items"]) == {"case00", "case01"}
     for case, entry in run["items"].items():
@@ -442,8 +443,9 @@ def anon(tmp_path_factory, tiny_weights):
                     (src / f"{good}{SUFFIX_2021[m]}.nii.gz").read_bytes())
     zero = nib.load(src / f"{good}_t1ce.nii.gz")
     _save(inp / unread / f"{unread}_t1ce.nii.gz", np.zeros(zero.shape, np.int16), zero.affine)
-    result = segment(inp, out, weights=str(tiny_weights), device="cpu", anonymize=True)
-    key = anonymize_key(out)  # the output folder's secret key, created by the run
+    result = segment(inp, out, weights=str(tiny_weights), device="cpu", anonymize=True,
+                     anonymize_key=str(root / "private" / "pseudonyms.key"))
+    key = anonymize_key(out, root / "private" / "pseudonyms.key")  # the secret the run created
     ids = {case: pseudonym(case, key) for case in (good, unread, undiscovered)}
     return {"out": out, "result": result, "ids": ids, "good": good, "unread": unread,
             "undiscovered": undiscovered}
@@ -547,3 +549,22 @@ def test_discover_loose_files_grouped_by_case_id(tmp_path):
     }
     for i in items:
         assert list(i.paths) == list(MODEL_CHANNELS)
+
+
+def test_anonymize_key_lives_outside_the_output_folder(anon, tmp_path, tiny_weights):
+    """The key maps pseudonyms back to ids: it never sits in the folder people share."""
+    from imagingflows.flows.run import default_anonymize_key
+    from imagingflows.flows.runners import UsageError
+
+    out = anon["out"]
+    assert not [p for p in out.rglob("*") if "key" in p.name.lower()]
+    assert (out.parent / "private" / "pseudonyms.key").stat().st_mode & 0o077 == 0  # owner only
+    assert out.resolve() not in default_anonymize_key().resolve().parents
+    cases = _make_case(tmp_path / "in", "c1", 1).parent
+    with pytest.raises(UsageError, match="inside the output folder"):
+        segment(cases, tmp_path / "o", weights=str(tiny_weights), anonymize=True,
+                anonymize_key=str(tmp_path / "o" / "k.key"))
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / ".anonymize-key").write_text("0" * 32)  # left by an older version
+    with pytest.raises(UsageError, match="move it out"):
+        segment(cases, tmp_path / "o2", weights=str(tiny_weights), anonymize=True)
