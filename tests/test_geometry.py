@@ -128,3 +128,14 @@ def test_probabilities_agree_in_world_space(outputs, copy):
     dices = {r: _dice(moved[i] & brain, orig[i] & brain) for i, r in enumerate(("TC", "WT", "ET"))}
     bar = OBLIQUE_PROBABILITIES if copy == "oblique" else EXACT
     assert all(dices[r] >= bar[r] for r in bar), dices
+
+
+def test_the_record_and_report_say_demo_weights_ran(outputs):
+    """Demo weights were trained on synthetic phantoms: run.json and the report say so."""
+    import json
+
+    _, out = outputs
+    run = json.loads((out / "run.json").read_text())
+    assert run["demo_weights"]["file"] == "swin_unetr_brats.pt"
+    assert "synthetic" in run["demo_weights"]["trained_on"]
+    assert "Demo weights" in (out / "report.html").read_text()
