@@ -225,6 +225,8 @@ def restore(
     precision: str = typer.Option(
         "auto", help="auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    collapse_check: bool = typer.Option(
+        True, help="Fail an item whose output collapsed (blank, flat or far darker than its input)."),
     resume: bool = typer.Option(False, help="Skip images whose outputs and hashes are up to date."),
     runner: str = typer.Option("thread", help="thread, process or dask[=tcp://host:8786]."),
     workers: int = typer.Option(1, min=1, help="Parallel images; torch threads are split between them."),
@@ -233,6 +235,7 @@ def restore(
     """Restore images (denoise, deblur, super-resolve); same bit depth, alpha and ICC profile kept."""
     options = _restore_options(task, scale, weights, trust_checkpoint, tile, overlap, nafnet_local, precision,
                                device, pool_passes, whole_max_pixels, white_level)
+    options["collapse_check"] = collapse_check
     raise typer.Exit(_run_batch("restore", input, output, options, resume=resume, runner=runner,
                                 workers=workers, quiet=quiet))
 

@@ -460,7 +460,8 @@ def save_preview(path: Path, before: np.ndarray, after: np.ndarray, scale: int,
     k = max(1, -(-PREVIEW_MIN // max(1, min(crop_out.shape[:2]))))
     if k > 1:  # a tiny image: enlarge the pair (pixels stay visible)
         crop_in, crop_out = (np.repeat(np.repeat(a, k, axis=0), k, axis=1) for a in (crop_in, crop_out))
-    return write_png(path, before_after(crop_in, crop_out))
+    labels = ("input", "output") if scale == 1 else (f"input (bicubic x{scale})", f"output x{scale}")
+    return write_png(path, before_after(crop_in, crop_out, labels=labels))
 
 
 def _to_u8_rgb(a: np.ndarray, white_level: int | None = None) -> np.ndarray:
