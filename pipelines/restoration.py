@@ -59,6 +59,8 @@ TASK_ARCH = {"denoise": "nafnet", "deblur": "nafnet", "sr": "hat"}
 #: task -> bundled demo weights name (``models/weights/<name>.pt``); ``{scale}`` is filled in for SR.
 DEMO_WEIGHTS = {"denoise": "nafnet_denoise", "deblur": "nafnet_deblur", "sr": "hat_sr_x{scale}"}
 DEFAULT_SR_SCALE = 2
+DEMO_TRAINED_ON = ("14 small photographs bundled with scikit-image (public domain / CC0), degraded by our "
+                   "train flow; a small demo model, not a tuned restorer: see models/weights/MODEL_CARD.md")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -227,6 +229,8 @@ def prepare(config: dict) -> dict:
         raise ValueError(f"--scale {scale} applies to --task sr only; {task} keeps the image size")
     trust = bool(cfg.get("trust_checkpoint"))
     weights = str(cfg["weights"]) if cfg.get("weights") else _demo_weights(task, int(scale or DEFAULT_SR_SCALE))
+    if not cfg.get("weights"):
+        cfg["demo_weights"] = {"file": Path(weights).name, "trained_on": DEMO_TRAINED_ON}
     overrides = {k: v for k, v in (cfg.get("model_overrides") or {}).items() if v is not None}
     local = cfg.get("nafnet_local")
     if local is not None:

@@ -31,6 +31,8 @@ def test_python_api_is_private_and_quiet_by_default(tmp_path):
     assert report["env"] == {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                              "PREFECT_LOGGING_LEVEL": "ERROR"}  # the user's value kept
     assert "telemetry" not in done.stderr.lower() and "Traceback" not in done.stderr
+    run = __import__("json").loads((tmp_path / "out" / "run.json").read_text())
+    assert run["demo_weights"]["file"] == "nafnet_denoise.pt"  # the record says demo weights ran
 
 
 def test_two_runs_starting_at_once_on_a_fresh_prefect_home(tmp_path):

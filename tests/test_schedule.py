@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -52,11 +53,25 @@ def test_the_servers_scheduler_creates_and_completes_a_run(tmp_path):
         finally:
             stop_group(serve)
         said = serve.stdout.read()
+        silent = _watch_a_deployment_without_runs(url)
     assert runs, f"no scheduled run completed; serve said:\n{said[-3000:]}"
     assert runs[0]["auto_scheduled"] is True  # made by the server's scheduler, not by a manual trigger
     assert "schedule active" in said and "scheduled run(s) for imagingflows-scheduled/restore-every-minute" in said
+    assert "warning: after 3 s the server has created no scheduled runs for nothing/here" in silent
     manifest = json.loads((out / "run.json").read_text())
     assert {k: v["status"] for k, v in manifest["items"].items()} == {"img0.png": "done", "img1.png": "done"}
+
+
+def _watch_a_deployment_without_runs(url: str) -> str:
+    """What serve says when the scheduler makes no runs (as with Prefect 3.8.8 and SQLAlchemy 2.1)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from imagingflows.flows.serve import watch_schedule
+
+    lines: list[str] = []
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert watch_schedule(uuid.uuid4(), "nothing/here", lines.append, within=3, every=1) is False
+    return "\n".join(lines)
 
 
 def _serve(*args: str, url: str) -> subprocess.CompletedProcess:
