@@ -19,3 +19,12 @@ PRIVATE_DEFAULTS = {
 
 for _var, _value in PRIVATE_DEFAULTS.items():
     os.environ.setdefault(_var, _value)
+
+
+def __getattr__(name: str):
+    # The Python API, imported on first use so that `import imagingflows.flows` stays light.
+    if name in ("segment", "restore", "run_pipeline"):
+        from imagingflows.flows import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'imagingflows.flows' has no attribute {name!r}")

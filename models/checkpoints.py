@@ -158,7 +158,7 @@ def save_checkpoint(
     ``omit``: buffers the architecture rebuilds identically (listed in ``meta["omitted_buffers"]``
     and restored from a freshly built network on load), to keep shipped files small.
     """
-    from imagingflows.tasks.write import atomic_path
+    from imagingflows.models.atomic import atomic_path
 
     sd = {k: _compact(v.detach().cpu(), half) for k, v in model.state_dict().items() if k not in omit}
     meta = dict(meta or {})

@@ -9,42 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-TEMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK  # mkstemp creates 0600; outputs get the usual permissions
+from imagingflows.models.atomic import TEMP_PREFIX, atomic_path  # noqa: F401 - re-exported for writers
 
 
 class WriteError(RuntimeError):
     """An output could not be written; names the path and the cause."""
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``final``; rename it onto ``final`` only if the block succeeds.
-
-    The temp name keeps ``final``'s suffixes (``.nii.gz``, ``.png``) so writers that
-    pick a format from the extension still work.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, final)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

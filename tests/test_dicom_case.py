@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
-from imagingflows.pipelines import segment
+from imagingflows.flows import segment
 from imagingflows.pipelines.medical import discover
 
 SERIES = Path(__file__).parent / "data" / "ct_dicom"

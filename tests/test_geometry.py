@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from imagingflows.pipelines import segment
+from imagingflows.flows import segment
 from imagingflows.pipelines.medical import labels_to_regions
 from sample_data import brats
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 SCRIPT = """
 import json, os, sys
-from imagingflows.pipelines import restore
+from imagingflows.flows import restore
 result = restore(sys.argv[1], sys.argv[2], task="denoise", precision="fp32")
 print(json.dumps({"counts": result["counts"], "env": {k: os.environ.get(k) for k in
       ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL")}}))

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from imagingflows.models.tiling import predict_tiles
-from imagingflows.pipelines import restoration, restore
+from imagingflows.flows import restore
+from imagingflows.pipelines import restoration
 from imagingflows.tasks.image_io import read_image
 
 NAFNET_CFG = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1],

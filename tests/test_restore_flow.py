@@ -22,7 +22,8 @@ import torch
 from typer.testing import CliRunner
 
 from imagingflows.flows.cli import app
-from imagingflows.pipelines import restoration, restore
+from imagingflows.flows import restore
+from imagingflows.pipelines import restoration
 from imagingflows.tasks.evaluate import restore_metrics
 from imagingflows.tasks.image_io import read_image, write_image
 from imagingflows.tasks.preview import LABEL_BAND_PX

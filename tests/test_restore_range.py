@@ -21,7 +21,8 @@ import pytest
 import tifffile
 import torch
 
-from imagingflows.pipelines import restoration, restore
+from imagingflows.flows import restore
+from imagingflows.pipelines import restoration
 from imagingflows.tasks.image_io import encode_png16, png_chunks, read_image, white_level
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagingflows.pipelines import segment
+from imagingflows.flows import segment
 
 CASE_FILES = ("{c}_seg.nii.gz", "statistics.json",
               "preview_axial.png", "preview_coronal.png", "preview_sagittal.png")

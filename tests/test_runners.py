@@ -8,7 +8,7 @@ import pytest
 
 from imagingflows.flows.runners import UsageError, make_task_runner
 from imagingflows.models.backend import available_cores
-from imagingflows.pipelines import segment
+from imagingflows.flows import segment
 
 
 def test_process_runner_matches_thread_runner(make_cases, tmp_path, tiny_weights):

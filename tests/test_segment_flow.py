@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from imagingflows.pipelines import segment
+from imagingflows.flows import segment
 from imagingflows.flows.run import RUN_CONFIG_KEYS
 from imagingflows.pipelines.medical import MODEL_CHANNELS, OUTPUT_CONFIG_KEYS, discover
 from imagingflows.tasks.manifest import config_hash

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from imagingflows.models.backend import available_cores
-from imagingflows.pipelines import segment
+from imagingflows.flows import segment
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])  # both branches, whatever `auto` is on this host
