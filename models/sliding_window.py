@@ -15,6 +15,7 @@ levers, each recorded in the returned :class:`WindowRun` (and so in ``run.json``
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -26,8 +27,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+#: set to 1 or 0 to override the hardware probe (tests force each branch of ``auto`` on any host)
+NATIVE_BF16_ENV = "IMAGINGFLOWS_NATIVE_BF16"
+
+
 def native_bf16(device: torch.device) -> bool:
-    """True when ``device`` computes bf16 matrix products in hardware."""
+    """True when ``device`` computes bf16 matrix products in hardware (or ``$IMAGINGFLOWS_NATIVE_BF16``)."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     try:
