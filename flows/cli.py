@@ -278,6 +278,12 @@ def train(
     from imagingflows.flows.train import train_pipeline
 
     _quiet_prefect_console()  # a set-up error is one line below, not Prefect's task traceback
+    from imagingflows.pipelines.base import get_pipeline
+
+    try:
+        get_pipeline(pipeline)
+    except ValueError as e:
+        _fail(str(e))
 
     config = {
         "weights": str(weights) if weights else None, "epochs": epochs, "steps_per_epoch": steps_per_epoch,

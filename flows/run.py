@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -77,12 +78,17 @@ def anonymize_key(out_dir: Path, key_path: str | os.PathLike | None = None) -> b
         raise UsageError(f"{legacy} holds the pseudonym key inside the output folder (written by an older "
                          f"version); move it out, e.g. `mv {legacy} {path}`, so the output can be shared")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(16))
-    except FileExistsError:
-        pass
+    if not path.exists():
+        # written whole to a temp file, then linked into place: never a half-written key, and of
+        # two runs creating it at once one wins and both use its key
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(16))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
     key = path.read_text().strip()
     if not re.fullmatch(r"[0-9a-f]{32}", key):
         raise UsageError(f"{path} is damaged (expected 32 hex characters); delete it to start new pseudonyms")

@@ -55,7 +55,15 @@ _PIPELINES: dict[str, Callable[[], Pipeline]] = {}
 
 
 def register(name: str, factory: Callable[[], Pipeline]) -> None:
+    """Add a pipeline under ``name``; a second, different factory for a name is an error naming both."""
+    existing = _PIPELINES.get(name)
+    if existing is not None and existing is not factory:
+        raise ValueError(f"pipeline {name!r} is registered twice: by {_where(existing)} and by {_where(factory)}")
     _PIPELINES[name] = factory
+
+
+def _where(factory: Callable) -> str:
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
 
 
 def pipeline_names() -> list[str]:
@@ -72,13 +80,19 @@ def get_pipeline(name: str) -> Pipeline:
     return _PIPELINES[name]()
 
 
+_BUILTINS_LOADED = False
+
+
 def _ensure_registered() -> None:
-    # The one list of pipelines (explicit, no folder scan).
-    if not _PIPELINES:
+    # The one list of built-in pipelines (explicit, no folder scan); loaded even when something
+    # registered before them, so a pipeline added first cannot hide them.
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
         from imagingflows.pipelines import medical, restoration
 
         register("segment", medical.pipeline)
         register("restore", restoration.pipeline)
+        _BUILTINS_LOADED = True
 
 
 
