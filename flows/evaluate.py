@@ -81,7 +81,8 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
                "mean": mean, "failed": failed, "n": len(per_item), "computed": now()}
     write_json(out / "metrics.json", metrics)
 
-    manifest = RunManifest.open(out, pipeline=pipeline, command="evaluate", resume=True)
+    manifest = RunManifest.open(out, pipeline=pipeline, command="evaluate", resume=True,
+                                packages=get_pipeline(pipeline).packages)
     for cid, m in per_item.items():
         entry = manifest.entry(cid) or {"status": "done"}
         manifest.record(cid, {**entry, "metrics": m})

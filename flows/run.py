@@ -304,7 +304,8 @@ def run_flow(
     """
     pipe = get_pipeline(pipeline)
     out = Path(output_dir)
-    manifest = RunManifest.open(out, pipeline=pipeline, command="run", resume=resume)
+    manifest = RunManifest.open(out, pipeline=pipeline, command="run", resume=resume,
+                                packages=pipe.packages)
     cfg_hash = config_hash(config, pipe.output_config_keys + RUN_CONFIG_KEYS)
     manifest.set(config=config, config_hash=cfg_hash, model=config.get("model"),
                  device=config.get("device_info"), anonymized=bool(config.get("anonymize")),

@@ -28,7 +28,8 @@ def train_task(pipeline: str, data_dir: str, run_dir: str, config: dict) -> dict
 def train_flow(pipeline: str, data_dir: str, run_dir: str, config: dict) -> dict:
     from imagingflows.tasks.report import write_report
 
-    manifest = RunManifest.open(Path(run_dir), pipeline=pipeline, command="train", resume=True)
+    manifest = RunManifest.open(Path(run_dir), pipeline=pipeline, command="train", resume=True,
+                                packages=get_pipeline(pipeline).packages)
     manifest.set(config=config, data=data_dir)
     summary = train_task(pipeline, data_dir, run_dir, config)
     items = {cid: {"status": "failed", "error": msg} for cid, msg in summary.get("errors", [])}

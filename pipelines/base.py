@@ -33,6 +33,8 @@ class Pipeline:
             folder or ``<case>_seg`` file per case (the segment layout).
         evaluate_config: ``(pred_dir, options) -> config`` passed to ``evaluate`` (raises
             ``ValueError`` when scoring cannot start); None: the options as given.
+        packages: distributions whose versions run.json records besides the core ones
+            (those the pipeline's outputs depend on: readers, writers, model libraries).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Pipeline:
     metric_conventions: str | Callable[[dict | None], str]
     train: Callable
     list_predictions: Callable | None = None
+    packages: tuple[str, ...] = ()
     evaluate_config: Callable | None = None
 
 

@@ -548,4 +548,5 @@ def pipeline() -> Pipeline:
         find_reference=lambda folder, case_id: find_seg(folder, case_id),
         metric_conventions=METRIC_CONVENTIONS,
         train=_train,
+        packages=("monai", "nibabel", "pydicom", "scipy"),
     )

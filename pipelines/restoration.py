@@ -773,4 +773,5 @@ def pipeline() -> Pipeline:
         train=_train,
         list_predictions=list_predictions,
         evaluate_config=evaluate_config,
+        packages=("pillow", "tifffile", "scikit-image", "kornia"),
     )

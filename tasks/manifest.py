@@ -31,11 +31,15 @@ def config_hash(config: dict, keys: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(subset, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def versions() -> dict[str, str]:
+#: packages every run records; a pipeline adds the ones its outputs depend on (``Pipeline.packages``)
+CORE_PACKAGES = ("imagingflows", "torch", "prefect", "numpy")
+
+
+def versions(packages: tuple[str, ...] = ()) -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for pkg in ("imagingflows", "torch", "monai", "prefect", "numpy", "nibabel", "pydicom"):
+    for pkg in dict.fromkeys(CORE_PACKAGES + tuple(packages)):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -60,7 +64,8 @@ class RunManifest:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, out_dir: Path, *, pipeline: str, command: str, resume: bool) -> "RunManifest":
+    def open(cls, out_dir: Path, *, pipeline: str, command: str, resume: bool,
+             packages: tuple[str, ...] = ()) -> "RunManifest":
         path = Path(out_dir) / "run.json"
         previous: dict[str, Any] = {}
         if resume and path.is_file():
@@ -76,7 +81,7 @@ class RunManifest:
             "command": command,
             "started": now(),
             "finished": None,
-            "versions": versions(),
+            "versions": versions(packages),
             "items": dict(previous.get("items", {})) if same else {},
             "runs": list(previous.get("runs", [])) + ([previous["started"]] if previous.get("started") else []),
         })

@@ -58,3 +58,13 @@ def test_two_runs_creating_the_anonymize_key_at_once_share_one_whole_key(tmp_pat
         t.join()
     assert len(keys) == 8 and len(set(keys)) == 1 and len(keys[0]) == 16
     assert key_path.stat().st_mode & 0o077 == 0 and not list(key_path.parent.glob(".tmp-*"))
+
+
+def test_run_json_records_the_versions_each_pipeline_depends_on():
+    """tasks/ knows no domain: the pipeline names the packages its outputs depend on."""
+    from imagingflows.tasks.manifest import versions
+
+    assert set(versions()) == {"python", "imagingflows", "torch", "prefect", "numpy"}
+    assert {"monai", "nibabel", "pydicom"} <= set(versions(base.get_pipeline("segment").packages))
+    assert {"pillow", "tifffile"} <= set(versions(base.get_pipeline("restore").packages))
+    assert "monai" not in versions(base.get_pipeline("restore").packages)
