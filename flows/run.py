@@ -162,8 +162,10 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
     pipe = get_pipeline(pipeline_name)
     start = time.perf_counter()
     try:
+        input_hash = hash_inputs(list(item["paths"].values()))  # before processing: the inputs as read
         with listen(_ItemProgress(item_id, progress_artifact, position)):
             entry = pipe.process(Item.from_dict(item), Path(out_dir), config)
+        entry["input_hash"] = input_hash
         entry["seconds"] = round(time.perf_counter() - start, 2)  # this item's own time, not queueing
         return entry
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
@@ -316,16 +318,15 @@ def run_flow(
         outcomes[case_id] = "failed"
         _log().error("%s: %s", case_id, message)
 
-    todo = []
+    todo = []  # inputs are hashed only to confirm a skip; every other item hashes its own in its task
     for d in items:
-        input_hash = hash_inputs(list(d["paths"].values()))
-        if resume and manifest.up_to_date(d["id"], input_hash=input_hash, cfg_hash=cfg_hash,
-                                          weights_hash=config.get("weights_sha256"),
+        if resume and manifest.up_to_date(d["id"], input_hash=lambda d=d: hash_inputs(list(d["paths"].values())),
+                                          cfg_hash=cfg_hash, weights_hash=config.get("weights_sha256"),
                                           outputs=pipe.expected_outputs(d["id"], out)):
             outcomes[d["id"]] = "skipped"
             _log().info("%s: up to date, skipped", d["id"])
             continue
-        todo.append((d, input_hash))
+        todo.append(d)
 
     total = len(items) + len(errors)
     progress = _Progress(total, len(outcomes), _progress_callback())
@@ -333,23 +334,22 @@ def run_flow(
     with stop.installed():
         while todo or completions.pending:
             while todo and not stop.requested and len(completions.pending) < max(1, max_in_flight):
-                d, input_hash = todo.pop(0)
+                d = todo.pop(0)
                 fut = process_item.submit(pipeline, d["id"], d, output_dir, config,
                                           progress.artifact_key, [progress.done, progress.total])
-                completions.add(fut, (d, input_hash))
+                completions.add(fut, d)
             if stop.requested and (not completions.pending or stop.out_of_time()):
                 break
             landed = completions.next()
             if landed is None:
                 continue
-            fut, (d, input_hash) = landed
+            fut, d = landed
             fut.wait()  # the done callback can fire before the future's Prefect state is final
-            entry = {"input_hash": input_hash, "config_hash": cfg_hash,
-                     "weights_sha256": config.get("weights_sha256")}
+            entry = {"config_hash": cfg_hash, "weights_sha256": config.get("weights_sha256")}
             if not config.get("anonymize"):
                 entry["inputs"] = d["paths"]
             if fut.state.is_completed():
-                entry.update(status="done", **fut.result())
+                entry.update(status="done", **fut.result())  # with the input_hash the task computed
                 _log().info("%s: done", d["id"])
             else:
                 entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
@@ -357,7 +357,7 @@ def run_flow(
             manifest.record(d["id"], entry)  # each item as soon as it lands (a kill loses none)
             outcomes[d["id"]] = entry["status"]
             progress.advance(d["id"], entry["status"])
-    unfinished = [d["id"] for d, _ in todo] + [d["id"] for _, (d, _) in completions.pending.values()]
+    unfinished = [d["id"] for d in todo] + [d["id"] for _, d in completions.pending.values()]
     extra = {"interrupted": stop.signal, "not_finished": len(unfinished)} if stop.requested else {}
     counts = manifest.finish(outcomes, **extra)
     _publish(pipeline, out, manifest)

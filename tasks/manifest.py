@@ -14,7 +14,7 @@ import json
 import platform
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from imagingflows.tasks.write import write_json
 
@@ -100,18 +100,22 @@ class RunManifest:
     def entry(self, item_id: str) -> dict[str, Any] | None:
         return self.data["items"].get(item_id)
 
-    def up_to_date(self, item_id: str, *, input_hash: str, cfg_hash: str, weights_hash: str | None,
-                   outputs: list[Path]) -> bool:
+    def up_to_date(self, item_id: str, *, input_hash: str | Callable[[], str], cfg_hash: str,
+                   weights_hash: str | None, outputs: list[Path]) -> bool:
+        """The resume rule. ``input_hash`` may be a function: it is called (the inputs read) only
+        when every cheaper check has passed."""
         e = self.entry(item_id)
-        return bool(
+        cheap = bool(
             e
             and e.get("status") == "done"
-            and e.get("input_hash") == input_hash
             and e.get("config_hash") == cfg_hash
             and e.get("weights_sha256") == weights_hash
             and all(Path(p).is_file() for p in outputs)
             and all((self.path.parent / p).is_file() for p in _recorded_outputs(e))
         )
+        if not cheap:
+            return False
+        return e.get("input_hash") == (input_hash() if callable(input_hash) else input_hash)
 
     def finish(self, outcomes: dict[str, str], **extra: Any) -> dict[str, int]:
         """Close the run: ``outcomes`` maps this run's item ids to done/failed/skipped."""

@@ -68,3 +68,27 @@ def test_run_json_records_the_versions_each_pipeline_depends_on():
     assert {"monai", "nibabel", "pydicom"} <= set(versions(base.get_pipeline("segment").packages))
     assert {"pillow", "tifffile"} <= set(versions(base.get_pipeline("restore").packages))
     assert "monai" not in versions(base.get_pipeline("restore").packages)
+
+
+def test_resume_reads_the_inputs_only_to_confirm_a_skip(tmp_path):
+    """Hashing multi-GB inputs serially in the flow delayed the first result: the hash is taken only
+    when every cheaper check says the item is done, and otherwise inside the item's own task."""
+    from imagingflows.tasks.manifest import RunManifest
+
+    manifest = RunManifest.open(tmp_path, pipeline="p", command="run", resume=False)
+    (tmp_path / "a.out").write_text("x")
+    manifest.record("done", {"status": "done", "config_hash": "c", "weights_sha256": None, "input_hash": "h",
+                             "outputs": {"image": "a.out"}})
+    manifest.record("failed", {"status": "failed", "error": "bad"})
+    calls = []
+
+    def hashed() -> str:
+        calls.append(1)
+        return "h"
+
+    kwargs = dict(cfg_hash="c", weights_hash=None, outputs=[])
+    assert not manifest.up_to_date("failed", input_hash=hashed, **kwargs) and not calls
+    assert not manifest.up_to_date("new", input_hash=hashed, **kwargs) and not calls
+    assert not manifest.up_to_date("done", input_hash=hashed, cfg_hash="other", weights_hash=None, outputs=[])
+    assert not calls
+    assert manifest.up_to_date("done", input_hash=hashed, **kwargs) and calls == [1]
