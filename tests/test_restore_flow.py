@@ -116,10 +116,62 @@ def test_sr_jpeg_written_as_png_and_nothing_else(sr_run):
     )
 
 
+def _cubic(d: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic convolution kernel (Pillow's BICUBIC uses a = -0.5); 0 from |d| = 2 on."""
+    d = np.abs(d)
+    near = (a + 2) * d**3 - (a + 3) * d**2 + 1
+    far = a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+    return np.where(d < 1, near, np.where(d < 2, far, 0.0))
+
+
+def _bicubic_matrix(n: int, scale: int) -> np.ndarray:
+    """(n*scale, n) weights: output pixel centres mapped back, taps past the border dropped, rows renormalised."""
+    centre = (np.arange(n * scale) + 0.5) / scale
+    w = _cubic(np.arange(n)[None, :] + 0.5 - centre[:, None])
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def bicubic_reference(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W) uint8/uint16 -> (H*scale, W*scale): rows then columns, float32 between the passes, clipped, rounded.
+
+    Written from the kernel's definition, not with Pillow or the project's code.
+    """
+    h, w = alpha.shape
+    rows = (alpha.astype(np.float64) @ _bicubic_matrix(w, scale).T).astype(np.float32)
+    out = (_bicubic_matrix(h, scale) @ rows.astype(np.float64)).astype(np.float32)
+    return np.rint(np.clip(out, 0, np.iinfo(alpha.dtype).max)).astype(alpha.dtype)
+
+
+def test_alpha_upscale_x2_gives_the_values_worked_out_by_hand():
+    """x2 puts output centres a quarter and three quarters between input pixels: taps at 0.25, 0.75, 1.25, 1.75."""
+    w = _cubic(np.array([0.25, 0.75, 1.25, 1.75]))
+    np.testing.assert_array_equal(w, [0.8671875, 0.2265625, -0.0703125, -0.0234375])  # exact in binary
+    # a hard edge 0 | 255: the two pixels beside it get 255 * (0.2265625 - 0.0234375) = 51.80 and
+    # 255 * (0.8671875 - 0.0703125) = 203.20; the overshoots (-17.9, 272.9) are clipped
+    edge = np.repeat(np.array([[0] * 4 + [255] * 4], np.uint8), 3, axis=0)
+    want = np.repeat(np.array([[0] * 7 + [52, 203] + [255] * 7], np.uint8), 6, axis=0)
+    np.testing.assert_array_equal(restoration.upscale_alpha(edge, 2), want)
+    np.testing.assert_array_equal(restoration.upscale_alpha(np.ascontiguousarray(edge.T), 2), want.T)  # axes kept
+    want16 = np.repeat(np.array([[0] * 7 + [13312, 52223] + [65535] * 7], np.uint16), 6, axis=0)  # 65535 * the same
+    np.testing.assert_array_equal(restoration.upscale_alpha(edge.astype(np.uint16) * 257, 2), want16)
+    # constant alpha stays constant: the border taps are dropped and the rest renormalised
+    for const, dtype in ((200, np.uint8), (40000, np.uint16)):
+        up = restoration.upscale_alpha(np.full((5, 7), const, dtype), 2)
+        assert up.shape == (10, 14) and up.dtype == dtype and np.all(up == const)
+    # a 2x2 checker: at the border only 2 taps remain, renormalised weights on the far pixel are
+    # -0.0703125 / 0.796875 = -0.0882 (outer) and 0.2265625 / 1.09375 = 0.2071 (inner); e.g. the
+    # value next to the corner is 255 * (1.0882 * 0.2071 - 0.0882 * 0.7929) = 39.6
+    checker = restoration.upscale_alpha(np.array([[0, 255], [255, 0]], np.uint8), 2)
+    np.testing.assert_array_equal(checker, [[0, 40, 215, 255], [40, 84, 171, 215], [215, 171, 84, 40],
+                                            [255, 215, 40, 0]])
+
+
 def test_sr_alpha_upscaled_separately_with_bicubic(sr_run):
     src = read_image(SAMPLES / "coffee_rgba.png")
     out = read_image(sr_run / "coffee_rgba.png")
-    np.testing.assert_array_equal(out.alpha, restoration.upscale_alpha(src.alpha, 2))
+    assert len(np.unique(src.alpha)) > 100  # a soft alpha: rounding and clipping are exercised
+    np.testing.assert_array_equal(out.alpha, bicubic_reference(src.alpha, 2))
+    np.testing.assert_array_equal(bicubic_reference(np.array([[0, 255], [255, 0]], np.uint8), 2)[0], [0, 40, 215, 255])
 
 
 def test_sr_icc_profile_carried(sr_run):
