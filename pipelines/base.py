@@ -83,19 +83,41 @@ def get_pipeline(name: str) -> Pipeline:
     return _PIPELINES[name]()
 
 
+#: entry-point group through which an installed package adds pipelines:
+#: ``[project.entry-points."imagingflows.pipelines"] toy = "toy_pipeline:pipeline"``
+ENTRY_POINT_GROUP = "imagingflows.pipelines"
+
 _BUILTINS_LOADED = False
 
 
 def _ensure_registered() -> None:
-    # The one list of built-in pipelines (explicit, no folder scan); loaded even when something
-    # registered before them, so a pipeline added first cannot hide them.
+    # The built-in pipelines (an explicit list, no folder scan), then the installed plug-ins. Each
+    # process does this on first use, so process and Dask workers see the same pipelines as the
+    # parent; a plug-in cannot hide a built-in (a taken name is an error naming both).
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         from imagingflows.pipelines import medical, restoration
 
         register("segment", medical.pipeline)
         register("restore", restoration.pipeline)
+        for name, factory in _plugins():
+            register(name, factory)
         _BUILTINS_LOADED = True
+
+
+def _plugins() -> list[tuple[str, Callable[[], Pipeline]]]:
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            factory = ep.load()
+        except Exception as e:  # noqa: BLE001 - name the plug-in that cannot load
+            dist = getattr(ep.dist, "name", "?")
+            raise ValueError(f"pipeline plug-in {ep.name!r} ({ep.value}, from {dist}) cannot be loaded: "
+                             f"{type(e).__name__}: {e}") from e
+        found.append((ep.name, factory))
+    return found
 
 
 
