@@ -14,7 +14,8 @@ from imagingflows.flows.evaluate import evaluate_pipeline
 from imagingflows.flows.runners import UsageError
 from imagingflows.flows.train import train_pipeline
 from imagingflows.models.backend import load
-from imagingflows.pipelines.medical_train import split_cases
+from imagingflows.pipelines import medical as seg
+from imagingflows.pipelines.medical_train import find_training_cases, load_case_in_frame, split_cases
 
 TRAIN = {"epochs": 1, "steps_per_epoch": 1, "batch_size": 1, "roi": [64, 64, 64], "spacing": [4.0, 4.0, 4.0],
          "feature_size": 12, "val_fraction": 0.34, "seed": 3, "labels": "auto", "device": "cpu", "quiet": True}
@@ -40,6 +41,7 @@ def test_train_writes_checkpoints_curve_and_resumes(make_cases, tmp_path):
     assert manifest["split"]["seed"] == 3 and len(manifest["split"]["val"]) == 1
     lm = load(run / "best.pt")
     assert lm.meta["profile"]["spacing"] == [4.0, 4.0, 4.0] and lm.config["patch_merging"] == "current"
+    _assert_2023_labels_detected(data, "case02", lm.meta["profile"])
     before = {k: v.clone() for k, v in lm.module.state_dict().items()}
 
     second = train_pipeline("segment", data, run, {**TRAIN, "epochs": 2})  # resumes from last.pt
@@ -48,6 +50,19 @@ def test_train_writes_checkpoints_curve_and_resumes(make_cases, tmp_path):
     after = load(run / "last.pt").module.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     assert (run / "report.html").is_file()
+
+
+def _assert_2023_labels_detected(data, case_id, profile):
+    """With labels auto, training reads the 2023 case's ET (label 3): the regions equal those of labels 2023."""
+    by_id = {item.id: (item, ref) for item, ref in find_training_cases(data)[0]}
+    values = set(np.unique(np.asarray(nib.load(by_id[case_id][1]).dataobj)).tolist())
+    assert values == {0, 1, 2, 3}  # the generator wrote 2023 labels (ET = 3, no 4)
+    assert seg.detect_convention(np.asarray(nib.load(by_id[case_id][1]).dataobj).astype(np.uint8)) == "2023"
+    _, auto = load_case_in_frame(*by_id[case_id], profile, "auto")
+    _, as_2023 = load_case_in_frame(*by_id[case_id], profile, "2023")
+    _, as_2021 = load_case_in_frame(*by_id[case_id], profile, "2021")
+    assert torch.equal(auto, as_2023) and auto[2].sum() > 0  # [TC, WT, ET]: the enhancing tumour is there
+    assert as_2021[2].sum() == 0 and not torch.equal(auto, as_2021)  # read as 2021 the ET would be lost
 
 
 def test_train_needs_references(make_cases, tmp_path):
