@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from imagingflows.pipelines import medical as seg
-from imagingflows.pipelines.train_common import cosine_lr, plot_curves as _plot, split_ids
+from imagingflows.pipelines.train_common import check_resume, cosine_lr, plot_curves as _plot, split_ids
 from imagingflows.tasks.ingest import InputError, Item
 
 log = logging.getLogger("imagingflows.train")
@@ -138,6 +138,11 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
         profile["spacing"] = list(config["spacing"])
     crop = list(config.get("roi") or [64, 64, 64])
     labels = config.get("labels", "auto")
+    settings = {"weights": config.get("weights"), "lr": float(config.get("lr", 1e-3)), "roi": crop,
+                "spacing": config.get("spacing"), "labels": labels, "batch_size": int(config.get("batch_size", 2)),
+                "tumour_share": float(config.get("tumour_share", 0.5)),
+                "feature_size": None if config.get("weights") else int(config.get("feature_size", 12))}
+    check_resume(run_dir, (resume_state or {}).get("settings"), settings)
 
     ids = [item.id for item, _ in pairs]
     train_ids, val_ids = (resume_state["split"]["train"], resume_state["split"]["val"]) if resume_state else \
@@ -192,7 +197,7 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
         log.info("epoch %d/%d loss %.4f val Dice %s", epoch + 1, epochs, history[-1]["loss"], val)
         meta = {"profile": profile, "label_convention_trained": labels, "history": history,
                 "data": str(data_dir), "split": {"train": train_ids, "val": val_ids}}
-        state = {"epoch": epoch + 1, "optimizer": opt.state_dict(),
+        state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "settings": settings,
                  "history": history, "split": {"train": train_ids, "val": val_ids}}
         if val_mean > best:
             best = val_mean

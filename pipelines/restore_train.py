@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagingflows.pipelines.train_common import cosine_lr, plot_curves, split_ids
+from imagingflows.pipelines.train_common import check_resume, cosine_lr, plot_curves, split_ids
 
 log = logging.getLogger("imagingflows.train")
 
@@ -343,6 +343,10 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
     epochs, steps = int(config.get("epochs", 10)), int(config.get("steps_per_epoch") or 100)
     batch, patch = int(config.get("batch_size", 8)), int(config.get("patch", 64))
     base_lr = float(config.get("lr", 1e-3))
+    settings = {"task": task, "scale": scale, "sigma": cfg["sigma"], "photometric": cfg["photometric"],
+                "loss": config.get("loss", "psnr"), "lr": base_lr, "batch_size": batch, "patch": patch,
+                "weights": config.get("weights")}
+    check_resume(run_dir, (state or {}).get("settings"), settings)
     opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=0.0, betas=(0.9, 0.9))
     criterion = loss_fn(config.get("loss", "psnr"))
     history: list[dict] = state["history"] if state else []
@@ -377,7 +381,8 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
             best = v["psnr"]
             save_checkpoint(best_path, net, arch=lm.spec.name, config=lm.config, meta=meta)
         save_checkpoint(last_path, net, arch=lm.spec.name, config=lm.config, meta={**meta, "train_state": {
-            "epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history, "split": split}})
+            "epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history, "split": split,
+            "settings": settings}})
         plot_curves(history, run_dir / "training_curve.png", loss_label=f"train loss ({config.get('loss', 'psnr')})",
                     series={"PSNR": "val_psnr", "input PSNR": "val_input_psnr"}, ylabel="validation PSNR (dB)")
     last = history[-1] if history else {}

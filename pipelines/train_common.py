@@ -1,7 +1,8 @@
-"""Pieces every training loop shares: the seeded split, the LR schedule, the curve PNG."""
+"""Pieces every training loop shares: the seeded split, the LR schedule, the resume guard, the curve PNG."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -14,6 +15,23 @@ def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str]
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(order) * val_fraction)) if len(order) > 1 and val_fraction > 0 else 0
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def check_resume(run_dir: Path, saved: dict | None, wanted: dict) -> None:
+    """Refuse to resume ``run_dir`` when it was started with other settings.
+
+    ``saved``: the settings recorded in ``last.pt`` (None for runs that predate the record);
+    ``wanted``: this call's. Resuming anyway would silently go on training the old model while
+    run.json records the new settings. More epochs are fine: ``epochs`` is never compared.
+    """
+    if not saved:
+        return
+    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists, numpy scalars
+    diff = [(k, saved[k], v) for k, v in wanted.items() if k in saved and norm(saved[k]) != norm(v)]
+    if diff:
+        said = ", ".join(f"{k} {old!r} (asked now: {new!r})" for k, old, new in diff)
+        raise ValueError(f"{run_dir} holds a training run started with other settings: {said}; "
+                         "give a new --output folder, or the run's own settings to resume it")
 
 
 def cosine_lr(base_lr: float, progress: float, floor: float = 0.05) -> float:
