@@ -155,6 +155,15 @@ def astronaut(size: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- (a) memory
 
+def grid_of(net) -> int:
+    """The tile grid of this benchmark's two networks, as their ModelSpecs state it."""
+    from imagingflows.models import hat, nafnet
+
+    if hasattr(net, "padder_size"):
+        return nafnet.SPEC.grid_of({"enc_blk_nums": [0] * len(net.encoders)})
+    return hat.SPEC.grid_of({"window_size": net.window_size})
+
+
 def memory_one(net, path: Path, out_path: Path, precision: str) -> dict:
     """Peak RSS of read -> predict_tiles -> write for one file (bytes and seconds)."""
     from imagingflows.models.tiling import predict_tiles
@@ -166,7 +175,8 @@ def memory_one(net, path: Path, out_path: Path, precision: str) -> dict:
         img = read_image(path)
         t1 = time.perf_counter()
         mem.mark("tiles")
-        out, run = predict_tiles(net, img.array, tile=512, overlap=32, precision=precision, whole_max_pixels=None)
+        out, run = predict_tiles(net, img.array, grid=grid_of(net), tile=512, overlap=32, precision=precision,
+                                 whole_max_pixels=None)
         t2 = time.perf_counter()
         mem.mark("write")
         write_image(out_path, out, like=img)
@@ -228,7 +238,8 @@ def tiled_forward(net, image: np.ndarray, scale: int, tile: int, overlap: int, *
     """``predict_tiles`` with float32 output: ``(output, TileRun)``."""
     from imagingflows.models.tiling import predict_tiles
 
-    return predict_tiles(net, image, scale=scale, tile=tile, overlap=overlap, out_dtype=np.float32, **opts)
+    return predict_tiles(net, image, scale=scale, grid=grid_of(net), tile=tile, overlap=overlap, out_dtype=np.float32,
+                         **opts)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -299,20 +310,20 @@ def timing_rows(name: str, net, image: np.ndarray, scale: int, variants: list, r
             rows.append((name, f"ours, predict_tiles {label}: one forward, as the row above (not rerun)",
                          1, *rows[-1][3:]))
             continue
-        s, (_, run) = best_time(lambda: predict_tiles(net, image, scale=scale, **opts), repeat)
+        s, (_, run) = best_time(lambda: predict_tiles(net, image, scale=scale, grid=grid_of(net), **opts), repeat)
         rows.append((name, f"ours, predict_tiles {label}", run.tiles, s, s / mp, s / base))
     return rows
 
 
 def count_tiles(net, shape: tuple, opts: dict) -> int:
     """How many tiles ``predict_tiles(net, image of shape, **opts)`` runs."""
-    from imagingflows.models.tiling import net_alignment, tile_spans
+    from imagingflows.models.tiling import tile_spans
 
     h, w = shape[:2]
     whole = opts.get("whole_max_pixels")
     if whole is not None and h * w <= whole:
         return 1
-    tile, overlap, align = opts.get("tile", 512), opts.get("overlap", 32), net_alignment(net)
+    tile, overlap, align = opts.get("tile", 512), opts.get("overlap", 32), grid_of(net)
     return len(tile_spans(h, tile, overlap, align)) * len(tile_spans(w, tile, overlap, align))
 
 

@@ -18,7 +18,7 @@ One measure pass then one fixed pass gives each pool the whole-image mean of fea
 with per-tile means upstream; measuring again during a fixed pass and repeating refines them.
 The core is given in input pixels of the (network-padded) tile; a map of ``(h, w)`` at stride
 ``s`` uses ``core / s``, so core bounds must be multiples of the network's total stride (its
-``padder_size``).
+grid, ``ModelSpec.tile_grid``: NAFNet's ``padder_size``).
 
 The session lives in a :class:`contextvars.ContextVar`, not on the modules: threads that share
 one cached network (the thread runner with ``--workers N``) each see only their own session,

@@ -522,6 +522,9 @@ SPEC = ModelSpec(
     hparams_from_state_dict=hparams_from_state_dict,
     spatial_dims=2,
     size_multiple=1,  # reflect-pads right/bottom to window_size itself and crops the output
+    in_channels=lambda c: c["in_chans"],
+    tile_grid=lambda c: c["window_size"],  # shifted windows: equivariant to window multiples only
+    upscale=lambda c: c["upscale"],
     description="HAT, 2D super-resolution x2/x3/x4 (HAT, HAT-S, HAT-L); official checkpoints load as-is",
     derived_buffers=("relative_position_index_SA", "relative_position_index_OCA"),
 )

@@ -269,6 +269,9 @@ SPEC = ModelSpec(
     variant_keys=("local_train_size",),
     spatial_dims=2,
     size_multiple=1,  # pads itself (zeros, right/bottom) to 2 ** levels and crops back
+    in_channels=lambda c: c["img_channel"],
+    tile_grid=lambda c: 2 ** len(c["enc_blk_nums"]),  # its padder_size
+    whole_image_pooling=True,  # simplified channel attention pools over the whole image
     description="NAFNet, 2D denoising/deblurring; official SIDD/GoPro/REDS checkpoints load as-is "
                 "(local_train_size=[256, 256] for the GoPro/REDS NAFNetLocal test setting)",
 )

@@ -34,6 +34,16 @@ class ModelSpec:
         foreign_keys: ``sd -> sd`` applied to a checkpoint we did not write before the strict
             load, for release files holding more than the network (Scale-MAE's pretraining
             decoder); None keeps every key.
+        in_channels: ``config -> channels`` the network takes (None: unknown).
+        tile_grid: ``config -> n``: the network is translation-equivariant only for shifts that
+            are multiples of ``n`` and pads its input to multiples of ``n`` itself (NAFNet
+            ``2 ** levels``, HAT's window); tiles start on this grid. None: 1.
+        upscale: ``config -> factor`` of output over input size (HAT's ``upscale``). None: 1.
+        whole_image_pooling: the network has operators that pool over the whole input
+            (NAFNet's channel attention), so tiles need the measuring passes of
+            :mod:`imagingflows.models.global_pool` to agree with a whole-image forward.
+        half_precision_safe: bf16/fp16 autocast keeps the outputs usable (checked by its tests).
+        value_range: the input range the network was trained on.
     """
 
     name: str
@@ -49,6 +59,21 @@ class ModelSpec:
     description: str = ""
     derived_buffers: tuple[str, ...] = ()  # name suffixes of buffers the constructor rebuilds exactly
     foreign_keys: Callable[[Mapping[str, Any]], dict] | None = None
+    in_channels: Callable[[Mapping[str, Any]], int] | None = None
+    tile_grid: Callable[[Mapping[str, Any]], int] | None = None
+    upscale: Callable[[Mapping[str, Any]], int] | None = None
+    whole_image_pooling: bool = False
+    half_precision_safe: bool = True
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    def channels_of(self, config: Mapping[str, Any]) -> int | None:
+        return int(self.in_channels(config)) if self.in_channels else None
+
+    def grid_of(self, config: Mapping[str, Any]) -> int:
+        return int(self.tile_grid(config)) if self.tile_grid else 1
+
+    def scale_of(self, config: Mapping[str, Any]) -> int:
+        return int(self.upscale(config)) if self.upscale else 1
 
     def is_derived_buffer(self, key: str) -> bool:
         return any(key.endswith(suffix) for suffix in self.derived_buffers)

@@ -142,6 +142,7 @@ SPEC = ModelSpec(
     foreign_defaults={"patch_merging": "legacy"},
     variant_keys=("patch_merging",),
     spatial_dims=3,
+    in_channels=lambda c: c["in_channels"],
     size_multiple=32,
     min_size=64,
     description="Swin UNETR (MONAI), 3D segmentation; BraTS21 checkpoints load as-is",

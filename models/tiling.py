@@ -16,8 +16,8 @@ Why ``align``: NAFNet and HAT are translation-equivariant only for shifts that a
 of their grid (NAFNet's stride-2 downsamplings, ``2 ** levels``; HAT's attention windows,
 ``window_size``). A tile whose origin is off that grid sees the image cut into different
 windows and its centre differs from the whole-image result (measured: 0.19 for a tiny
-random-weight HAT, against 4e-7 on the grid). By default the grid is read from the network's ``padder_size`` /
-``window_size`` attribute.
+random-weight HAT, against 4e-7 on the grid). The caller passes the grid (``grid``: the model's
+``ModelSpec.tile_grid``, e.g. ``spec.grid_of(config)``); nothing here inspects the network.
 
 Networks that pool over the whole image (NAFNet's channel attention, through
 :class:`~imagingflows.models.global_pool.GlobalAvgPool2d`) run ``1 + pool_passes`` times per
@@ -73,28 +73,6 @@ def tile_spans(n: int, tile: int, overlap: int, align: int = 1) -> list[tuple[in
     return spans
 
 
-def net_alignment(net: torch.nn.Module) -> int:
-    """The shift a network is equivariant to: NAFNet's ``padder_size``, HAT's ``window_size``, else 1.
-
-    Looked up on ``net`` and its submodules, so wrappers (e.g. the restore pipeline's channel
-    adapters) keep the grid of the network they wrap.
-    """
-    for name in ("padder_size", "window_size"):
-        value = _find_attribute(net, name)
-        if value is not None:
-            return value
-    return 1
-
-
-def _find_attribute(net: torch.nn.Module, name: str) -> int | None:
-    """The first positive integer ``name`` attribute of ``net`` or of one of its submodules."""
-    for module in net.modules():
-        value = getattr(module, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    return None
-
-
 def _input_scale(dtype: np.dtype) -> float:
     """Divisor that maps ``dtype`` values to [0, 1]: the integer maximum, or 1 for floats."""
     if np.issubdtype(dtype, np.unsignedinteger):
@@ -139,6 +117,7 @@ def predict_tiles(
     precision: str = "fp32",
     out_dtype: np.dtype | None = None,
     whole_max_pixels: int | None = None,
+    grid: int,
     align: int | None = None,
     pool_passes: int = 1,
 ) -> tuple[np.ndarray, TileRun]:
@@ -160,19 +139,22 @@ def predict_tiles(
             ``rint(clip(y, 0, 1) * max)``; floats are written unrounded and unclipped.
         whole_max_pixels: if ``H * W <= whole_max_pixels``, one forward of the whole image
             instead of tiles (for networks that pool over the whole image, e.g. NAFNet).
+        grid: the network's own grid (``ModelSpec.tile_grid``): it is equivariant to shifts by
+            multiples of it and pads its input to multiples of it (1: neither). Required: a
+            forgotten grid would silently misplace the tiles of NAFNet or HAT.
         align: tile origins are multiples of this many input pixels (the kept step is
-            ``tile - 2 * overlap`` rounded down to it); None: :func:`net_alignment` of ``net``.
+            ``tile - 2 * overlap`` rounded down to it); None: ``grid``.
         pool_passes: for a network with :class:`~imagingflows.models.global_pool.GlobalAvgPool2d`
             layers (NAFNet) that runs in more than one tile: passes over the tiles that only
             measure whole-image channel means before the pass that uses them (1: each tile
             runs twice; 0: every tile pools over itself alone, as a plain tiled forward).
-            Needs the network's ``padder_size`` and ``align`` a multiple of it (ValueError otherwise).
+            Needs ``align`` on the network's ``grid`` (ValueError otherwise).
     Returns:
         ``(H * scale, W * scale, C_out)`` array of ``out_dtype``, and what ran.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
-    align = net_alignment(net) if align is None else align
+    align = grid if align is None else align
     out_dtype = _check_args(image, scale, tile, overlap, align, out_dtype, whole_max_pixels)
     if isinstance(pool_passes, bool) or not isinstance(pool_passes, (int, np.integer)) or pool_passes < 0:
         raise ValueError(f"pool_passes must be an integer >= 0, got {pool_passes!r}")
@@ -185,7 +167,7 @@ def predict_tiles(
     tiles = [(r, c) for r in rows for c in cols]
     pools = global_pools(net)
     measure = pool_passes if pools and len(tiles) > 1 else 0
-    pad = _pool_grid(net, align) if measure else 1
+    pad = _pool_grid(grid, align) if measure else 1
     info = TileRun(tiles=len(tiles), tile=tile, overlap=overlap, whole=len(tiles) == 1, precision=precision,
                    passes=1 + measure)
 
@@ -233,20 +215,18 @@ def predict_tiles(
     return out, info
 
 
-def _pool_grid(net: torch.nn.Module, align: int) -> int:
-    """The network's own padding multiple (``padder_size``), checked against the tile grid ``align``.
+def _pool_grid(grid: int, align: int) -> int:
+    """The network's padding multiple ``grid``, checked against the tile grid ``align``.
 
     Measuring whole-image means needs tile cores on the network's stride grid and the padded
-    size of each tile, so the network must say how it pads and tile origins must lie on that grid.
+    size of each tile, so tile origins must lie on that grid.
     """
-    pad = _find_attribute(net, "padder_size")
-    if pad is None:
-        raise ValueError("pool_passes > 0 needs a network that says how it pads (a padder_size attribute); "
-                         "pass pool_passes=0 to pool over each tile alone")
-    if align % pad:
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
+        raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
+    if align % grid:
         raise ValueError(f"pool_passes > 0 needs tile origins on the network's grid: align={align} is not a "
-                         f"multiple of its padder_size {pad}; pass align=None or pool_passes=0")
-    return pad
+                         f"multiple of its grid {grid}; pass align=None or pool_passes=0")
+    return int(grid)
 
 
 def _core(lo: int, keep_lo: int, keep_hi: int, n: int, pad: int) -> tuple[int, int]:

@@ -253,14 +253,14 @@ def prepare(config: dict) -> dict:
     if lm.spec.spatial_dims != 2:
         raise ValueError(f"{weights}: {lm.spec.name} is a {lm.spec.spatial_dims}D model; restore needs a 2D one")
     if task == "sr":
-        upscale = int(lm.config.get("upscale") or 0)
+        upscale = lm.spec.scale_of(lm.config)
         if scale is not None and int(scale) != upscale:
             raise ValueError(f"{weights} is a HAT x{upscale} model but --scale {scale} was given; "
                              f"pass --scale {upscale} or weights for x{scale}")
         scale = upscale
     else:
         scale = 1
-    channels = int(lm.config.get("img_channel") or lm.config.get("in_chans") or 3)
+    channels = lm.spec.channels_of(lm.config) or 3
     cfg.update(
         task=task, scale=scale, weights=weights, weights_sha256=lm.weights_sha256, model=lm.describe(),
         model_overrides=overrides, model_channels=channels,
@@ -269,13 +269,13 @@ def prepare(config: dict) -> dict:
         cfg[key] = _int_option({key: default if cfg.get(key) is None else cfg[key]}, key, least)
     if cfg["tile"] <= 2 * cfg["overlap"]:
         raise ValueError(f"--tile ({cfg['tile']}) must be larger than twice --overlap ({cfg['overlap']})")
-    if lm.spec.name == "nafnet":
+    if lm.spec.whole_image_pooling:  # whole when it fits: tiles only approximate its whole-image pools
         if cfg.get("whole_max_pixels") is None:  # what fits the budget for this width
             width = int(lm.config.get("width") or 32)
             cfg["whole_max_pixels"] = WHOLE_BUDGET_BYTES // (NAFNET_BYTES_PER_PIXEL_AND_WIDTH * width)
         cfg["whole_max_pixels"] = _int_option(cfg, "whole_max_pixels", 0)
     else:
-        cfg["whole_max_pixels"] = None  # HAT: always tiles (local attention; memory bounded by the tile)
+        cfg["whole_max_pixels"] = None  # local operators (HAT): always tiles, memory bounded by the tile
     # auto is resolved here, once, so run.json and the config hash name the path that ran
     if not isinstance(cfg.get("collapse_check", True), bool):
         raise ValueError(f"collapse_check must be True or False, got {cfg['collapse_check']!r}")
@@ -359,7 +359,7 @@ def restore_array(color: np.ndarray, cfg: dict, white_level: int | None = None) 
         net, color.astype(np.float32) / np.float32(white_level) if scaled else color, scale=int(cfg["scale"]),
         tile=int(cfg["tile"]), overlap=int(cfg["overlap"]), device=lm.device, precision=precision,
         whole_max_pixels=cfg.get("whole_max_pixels"), pool_passes=int(cfg.get("pool_passes", 1)),
-        out_dtype=np.float32 if scaled else None,
+        grid=lm.spec.grid_of(lm.config), out_dtype=np.float32 if scaled else None,
     )
     if scaled:  # back on the data's own scale: rint(clip(y, 0, 1) * level), as predict_tiles does for uint
         out = np.rint(np.clip(out, 0, 1) * np.float32(white_level)).astype(color.dtype)

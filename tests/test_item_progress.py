@@ -29,9 +29,9 @@ def test_tiles_report_both_passes_and_nothing_without_a_listener():
     image = np.random.default_rng(0).random((100, 90, 3), dtype=np.float32)
     seen = []
     with listen(lambda *a: seen.append(a)):
-        _, info = predict_tiles(net, image, tile=48, overlap=8, device=torch.device("cpu"))
+        _, info = predict_tiles(net, image, grid=1, tile=48, overlap=8, device=torch.device("cpu"))
     assert info.tiles > 1 and seen[-1] == ("tile", info.tiles, info.tiles) and len(seen) == info.tiles
-    predict_tiles(net, image, tile=48, overlap=8, device=torch.device("cpu"))  # no listener: no error
+    predict_tiles(net, image, grid=1, tile=48, overlap=8, device=torch.device("cpu"))  # no listener: no error
 
 
 def test_a_restore_run_reports_tiles_with_the_item_name(tmp_path):

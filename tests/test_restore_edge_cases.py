@@ -308,13 +308,14 @@ def test_constant_images_give_finite_float_outputs(weights):
     """No NaN/inf anywhere in the networks for an all-black or all-white image (uint casting would hide them)."""
     for key, task, extra in (("nafnet", "denoise", DENOISE_OPTS), ("hat_x2", "sr", SR_OPTS)):
         cfg = restoration.prepare({"task": task, "weights": str(weights[key]), **extra})
-        net = restoration._model(cfg).module
+        lm = restoration._model(cfg)
+        net, grid = lm.module, lm.spec.grid_of(lm.config)
         for value in (0.0, 1.0):
             for whole in (0, None):  # tiled (NAFNet: whole-image means measured first) and one forward
                 img = np.full((20, 24, 3), value, np.float32)
-                y, run = predict_tiles(net, img, scale=cfg["scale"], tile=16, overlap=4, out_dtype=np.float32,
-                                       whole_max_pixels=whole if key == "nafnet" else None,
-                                       pool_passes=1)
+                y, run = predict_tiles(net, img, scale=cfg["scale"], grid=grid, tile=16, overlap=4,
+                                       out_dtype=np.float32, pool_passes=1,
+                                       whole_max_pixels=whole if key == "nafnet" else None)
                 assert y.shape == (20 * cfg["scale"], 24 * cfg["scale"], 3)
                 assert np.isfinite(y).all(), (key, value, whole, run)
 

@@ -256,8 +256,9 @@ def test_gray_image_through_colour_model_is_the_mean_of_rgb(weights):
     gray = read_image(SAMPLES / "camera.png").array[:64, :80]
     out, _, notes = restoration.restore_array(gray, cfg)
     assert out.shape == gray.shape and out.dtype == np.uint8 and notes
-    rgb, _ = predict_tiles(restoration._model(cfg).module, np.repeat(gray, 3, axis=2), out_dtype=np.float32,
-                           whole_max_pixels=cfg["whole_max_pixels"])
+    lm = restoration._model(cfg)
+    rgb, _ = predict_tiles(lm.module, np.repeat(gray, 3, axis=2), grid=lm.spec.grid_of(lm.config),
+                           out_dtype=np.float32, whole_max_pixels=cfg["whole_max_pixels"])
     np.testing.assert_array_equal(out, quantize(rgb.mean(axis=2, keepdims=True), 8))
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from imagingflows.models import hat, nafnet
-from imagingflows.models.tiling import TileRun, net_alignment, predict_tiles, tile_spans
+from imagingflows.models.tiling import TileRun, predict_tiles, tile_spans
 
 
 def _pointwise(cin: int = 3, cout: int = 3) -> nn.Module:
@@ -64,7 +64,7 @@ def test_spans_partition_the_axis_with_context_and_aligned_origins(n, tile, over
 
 def test_pointwise_net_tiled_equals_whole_exactly():
     net, img = _pointwise(3, 5), _image(70, 53)
-    y, run = predict_tiles(net, img, tile=16, overlap=4)
+    y, run = predict_tiles(net, img, grid=1, tile=16, overlap=4)
     assert run.tiles == 8 * 6 and not run.whole
     assert y.shape == (70, 53, 5) and y.dtype == np.float32
     np.testing.assert_array_equal(y, _whole(net, img))
@@ -74,7 +74,7 @@ def test_local_net_is_exact_when_receptive_field_fits_in_overlap():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1)).eval()  # radius 2
     img = _image(41, 37)
-    y, _ = predict_tiles(net, img, tile=12, overlap=2)
+    y, _ = predict_tiles(net, img, grid=1, tile=12, overlap=2)
     np.testing.assert_allclose(y, _whole(net, img), rtol=0, atol=1e-6)
 
 
@@ -87,8 +87,7 @@ def test_hat_x2_tiled_close_to_whole():
     1e-4 leaves ~25x headroom over float32 noise and stays 10x under the 1e-3 goal.
     """
     net, img = _tiny_hat(), _image(96, 80)
-    assert net_alignment(net) == 8
-    y, run = predict_tiles(net, img, scale=2, tile=48, overlap=16)
+    y, run = predict_tiles(net, img, grid=8, scale=2, tile=48, overlap=16)
     diff = float(np.abs(y - _whole(net, img)).max())
     print(f"HAT x2 tiny, 96x80, tile 48 / overlap 16, {run.tiles} tiles: max |tiled - whole| = {diff:.2e}")
     assert y.shape == (192, 160, 3) and run.tiles == 12
@@ -98,24 +97,23 @@ def test_hat_x2_tiled_close_to_whole():
 def test_off_grid_tiles_would_change_hat_so_origins_are_aligned():
     net, img = _tiny_hat(), _image(96, 80)
     whole = _whole(net, img)
-    aligned, _ = predict_tiles(net, img, scale=2, tile=50, overlap=15)  # step 20 -> 16, origins on the 8-grid
-    off_grid, _ = predict_tiles(net, img, scale=2, tile=50, overlap=15, align=1)  # origins 20, 40, ...
+    aligned, _ = predict_tiles(net, img, grid=8, scale=2, tile=50, overlap=15)  # step 20 -> 16, origins on the 8-grid
+    off_grid, _ = predict_tiles(net, img, grid=8, scale=2, tile=50, overlap=15, align=1)  # origins 20, 40, ...
     assert np.abs(aligned - whole).max() < 1e-4
     assert np.abs(off_grid - whole).max() > 1e-2
 
 
 def test_nafnet_tiled_psnr_and_whole_switch():
     net, img = _tiny_nafnet(), _image(64, 64)
-    assert net_alignment(net) == 4
     whole = _whole(net, img)
-    y, run = predict_tiles(net, img, tile=32, overlap=8)
+    y, run = predict_tiles(net, img, grid=4, tile=32, overlap=8)
     psnr = 10 * np.log10(1 / np.mean((y.astype(np.float64) - whole) ** 2))
     print(f"NAFNet tiny, 64x64, tile 32 / overlap 8, {run.tiles} tiles: PSNR tiled vs whole = {psnr:.1f} dB")
     assert run.tiles == 9 and not run.whole and run.passes == 2 and psnr > 50  # global pooling: close, not exact
-    y, run = predict_tiles(net, img, tile=32, overlap=8, whole_max_pixels=64 * 64)
+    y, run = predict_tiles(net, img, grid=4, tile=32, overlap=8, whole_max_pixels=64 * 64)
     assert run.whole and run.tiles == 1
     np.testing.assert_array_equal(y, whole)
-    _, run = predict_tiles(net, img, tile=32, overlap=8, whole_max_pixels=64 * 64 - 1)
+    _, run = predict_tiles(net, img, grid=4, tile=32, overlap=8, whole_max_pixels=64 * 64 - 1)
     assert not run.whole and run.tiles == 9
 
 
@@ -136,7 +134,7 @@ def test_nafnet_measured_pool_means_are_the_whole_image_means():
     hook = first.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
     _whole(net, img)
     whole_mean = seen[-1].flatten()
-    predict_tiles(net, img, tile=24, overlap=4)
+    predict_tiles(net, img, grid=4, tile=24, overlap=4)
     hook.remove()
     tiled_mean = seen[-1].flatten()  # the last tile of the final pass uses the measured mean
     local_mean = seen[len(seen) // 2].flatten()  # a tile of the measuring pass: its own mean
@@ -149,13 +147,13 @@ def test_nafnet_pool_passes_bring_tiles_to_the_whole_image_output():
     whole = _whole(net, img)
     psnr = {}
     for passes in (0, 1, 2):
-        y, run = predict_tiles(net, img, tile=32, overlap=8, pool_passes=passes)
+        y, run = predict_tiles(net, img, grid=4, tile=32, overlap=8, pool_passes=passes)
         assert run.passes == passes + 1 and run.tiles == 25
         psnr[passes] = 10 * np.log10(1 / np.mean((y.astype(np.float64) - whole) ** 2))
     print(f"NAFNet tiny, half-dark 96x96, tile 32 / overlap 8: PSNR tiled vs whole by pool_passes {psnr}")
     assert psnr[1] > psnr[0] + 10 and psnr[2] > psnr[1] - 0.5 and psnr[1] > 70
-    y, run = predict_tiles(net, img, tile=32, overlap=8, pool_passes=1)
-    again, _ = predict_tiles(net, img, tile=32, overlap=8, pool_passes=1)
+    y, run = predict_tiles(net, img, grid=4, tile=32, overlap=8, pool_passes=1)
+    again, _ = predict_tiles(net, img, grid=4, tile=32, overlap=8, pool_passes=1)
     np.testing.assert_array_equal(y, again)  # no state is left in the pools between calls
     with torch.inference_mode():
         plain = net(torch.from_numpy(img).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
@@ -181,8 +179,7 @@ def test_pool_means_are_kept_per_image_of_a_batch():
             return self.inner(x.reshape(3, 1, *x.shape[-2:])).reshape(1, 3, *x.shape[-2:])
 
     img = _half_dark(80, 80) * np.array([1.0, 0.5, 0.1], dtype=np.float32)  # planes with very different means
-    assert net_alignment(PlaneByPlane()) == 4  # the wrapped network's grid
-    y, run = predict_tiles(PlaneByPlane(), img, tile=32, overlap=8)
+    y, run = predict_tiles(PlaneByPlane(), img, grid=4, tile=32, overlap=8)
     psnr = 10 * np.log10(1 / np.mean((y.astype(np.float64) - _whole(PlaneByPlane(), img)) ** 2))
     assert run.passes == 2 and psnr > 70
 
@@ -193,11 +190,11 @@ def test_threads_sharing_one_net_keep_their_own_pool_means():
 
     net = _tiny_nafnet()
     images = [_half_dark(64, 80), _image(80, 64, seed=3), _image(64, 64, seed=4) * 0.2]
-    alone = [predict_tiles(net, img, tile=32, overlap=8)[0] for img in images]
+    alone = [predict_tiles(net, img, grid=4, tile=32, overlap=8)[0] for img in images]
     whole_first = _whole(net, images[2])
     with ThreadPoolExecutor(3) as pool:
         for _ in range(3):
-            results = list(pool.map(lambda img: predict_tiles(net, img, tile=32, overlap=8)[0], images))
+            results = list(pool.map(lambda img: predict_tiles(net, img, grid=4, tile=32, overlap=8)[0], images))
             for got, want in zip(results, alone):
                 np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(_whole(net, images[2]), whole_first)  # plain forwards are untouched
@@ -205,27 +202,36 @@ def test_threads_sharing_one_net_keep_their_own_pool_means():
 
 def test_tiled_call_inside_another_keeps_the_outer_means():
     net, img = _tiny_nafnet(), _half_dark(64, 80)
-    want, _ = predict_tiles(net, img, tile=32, overlap=8)
+    want, _ = predict_tiles(net, img, grid=4, tile=32, overlap=8)
     first, inner_calls = net.encoders[0][0].sca[0], []
 
     def inner_call(*_):  # once, in the middle of the outer measuring pass
         if not inner_calls:
             inner_calls.append(None)
-            inner_calls[0] = predict_tiles(net, _image(40, 40), tile=24, overlap=4)[1]
+            inner_calls[0] = predict_tiles(net, _image(40, 40), grid=4, tile=24, overlap=4)[1]
 
     hook = first.register_forward_hook(inner_call)
     try:
-        got, _ = predict_tiles(net, img, tile=32, overlap=8)
+        got, _ = predict_tiles(net, img, grid=4, tile=32, overlap=8)
     finally:
         hook.remove()
     assert inner_calls[0].passes == 2
     np.testing.assert_array_equal(got, want)
 
 
+def test_the_specs_state_the_grid_their_networks_use():
+    """The tiler takes the grid from the ModelSpec, never from the network: the two must agree."""
+    assert nafnet.SPEC.grid_of({"enc_blk_nums": [1, 1]}) == _tiny_nafnet().padder_size == 4
+    assert hat.SPEC.grid_of({"window_size": 8}) == _tiny_hat().window_size == 8
+    assert nafnet.SPEC.whole_image_pooling and not hat.SPEC.whole_image_pooling
+    assert hat.SPEC.scale_of({"upscale": 3}) == 3 and nafnet.SPEC.scale_of({}) == 1
+    assert nafnet.SPEC.channels_of({"img_channel": 1}) == 1 and hat.SPEC.channels_of({"in_chans": 3}) == 3
+
+
 def test_pool_passes_need_the_network_grid():
     from imagingflows.models.global_pool import GlobalAvgPool2d
 
-    class Attention(nn.Module):  # pools globally, but has no padder_size to say how it pads
+    class Attention(nn.Module):  # pools globally and pads nothing: grid 1 measures the exact image mean
         def __init__(self):
             super().__init__()
             self.pool = GlobalAvgPool2d()
@@ -233,46 +239,50 @@ def test_pool_passes_need_the_network_grid():
         def forward(self, x):
             return x * self.pool(x)
 
-    with pytest.raises(ValueError, match="padder_size"):
-        predict_tiles(Attention(), _image(64, 64), tile=32, overlap=8)
+    img = _image(64, 64)
+    y, run = predict_tiles(Attention(), img, grid=1, tile=32, overlap=8)
+    assert run.passes == 2 and run.tiles > 1
+    np.testing.assert_allclose(y, _whole(Attention(), img), rtol=0, atol=1e-6)
+    with pytest.raises(TypeError, match="grid"):
+        predict_tiles(_tiny_nafnet(), img, tile=32, overlap=8)  # never guessed
     with pytest.raises(ValueError, match="align=2 is not a multiple"):
-        predict_tiles(_tiny_nafnet(), _image(64, 64), tile=32, overlap=8, align=2)
-    y, run = predict_tiles(_tiny_nafnet(), _image(64, 64), tile=32, overlap=8, align=2, pool_passes=0)
+        predict_tiles(_tiny_nafnet(), _image(64, 64), grid=4, tile=32, overlap=8, align=2)
+    y, run = predict_tiles(_tiny_nafnet(), _image(64, 64), grid=4, tile=32, overlap=8, align=2, pool_passes=0)
     assert run.passes == 1 and y.shape == (64, 64, 3)
 
 
 def test_pool_passes_only_apply_to_networks_with_global_pools():
-    y, run = predict_tiles(_tiny_hat(), _image(96, 80), scale=2, tile=48, overlap=16, pool_passes=1)
+    y, run = predict_tiles(_tiny_hat(), _image(96, 80), grid=8, scale=2, tile=48, overlap=16, pool_passes=1)
     assert run.passes == 1 and run.tiles > 1
     with pytest.raises(ValueError, match="pool_passes"):
-        predict_tiles(_tiny_nafnet(), _image(32, 32), tile=16, overlap=4, pool_passes=-1)
+        predict_tiles(_tiny_nafnet(), _image(32, 32), grid=4, tile=16, overlap=4, pool_passes=-1)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_integer_images_keep_dtype_and_scale_shape(dtype):
     info = np.iinfo(dtype)
     img = np.random.default_rng(1).integers(0, info.max, (45, 38, 3), dtype=dtype, endpoint=True)
-    y, run = predict_tiles(nn.Identity(), img, tile=16, overlap=3)
+    y, run = predict_tiles(nn.Identity(), img, grid=1, tile=16, overlap=3)
     assert y.dtype == dtype and run.tiles > 1
     np.testing.assert_array_equal(y, img)  # /max, *max, rint: an exact round trip
-    y, _ = predict_tiles(nn.Upsample(scale_factor=2, mode="nearest"), img, scale=2, tile=16, overlap=3)
+    y, _ = predict_tiles(nn.Upsample(scale_factor=2, mode="nearest"), img, grid=1, scale=2, tile=16, overlap=3)
     assert y.shape == (90, 76, 3) and y.dtype == dtype
     np.testing.assert_array_equal(y, img.repeat(2, 0).repeat(2, 1))
-    y, _ = predict_tiles(nn.Identity(), img, tile=16, overlap=3, out_dtype=np.float32)
+    y, _ = predict_tiles(nn.Identity(), img, grid=1, tile=16, overlap=3, out_dtype=np.float32)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, img / info.max, rtol=0, atol=1e-7)
 
 
 def test_integer_output_is_clipped_and_float_output_is_not():
     img = np.array([[[-0.5], [0.25], [1.5]]], dtype=np.float32)  # (1, 3, 1)
-    y, _ = predict_tiles(nn.Identity(), img, out_dtype=np.uint8)
+    y, _ = predict_tiles(nn.Identity(), img, grid=1, out_dtype=np.uint8)
     assert y.ravel().tolist() == [0, 64, 255]  # rint(0.25 * 255) = rint(63.75)
-    y, _ = predict_tiles(nn.Identity(), img)
+    y, _ = predict_tiles(nn.Identity(), img, grid=1)
     np.testing.assert_array_equal(y, img)
 
 
 def test_small_image_is_one_forward_and_run_record_is_json():
-    y, run = predict_tiles(_pointwise(), _image(20, 30), tile=32, overlap=8, precision="bf16")
+    y, run = predict_tiles(_pointwise(), _image(20, 30), grid=1, tile=32, overlap=8, precision="bf16")
     assert run.tiles == 1 and run.whole and run.precision == "bf16" and y.shape == (20, 30, 3)
     record = json.loads(json.dumps(run.as_dict()))
     assert set(record) == {"tiles", "tile", "overlap", "whole", "precision", "passes", "seconds"}
@@ -285,7 +295,7 @@ def test_memory_is_bounded_by_the_tile():
     tile_bytes = 256 * 256 * 3 * 4  # one float32 tile, 0.75 MB
     tracemalloc.start()
     try:
-        y, run = predict_tiles(_pointwise(), img, tile=256, overlap=16)
+        y, run = predict_tiles(_pointwise(), img, grid=1, tile=256, overlap=16)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -312,11 +322,11 @@ def test_memory_is_bounded_by_the_tile():
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        predict_tiles(_pointwise(), _image(40, 40), **kwargs)
+        predict_tiles(_pointwise(), _image(40, 40), grid=1, **kwargs)
 
 
 @pytest.mark.parametrize("image", [np.zeros((8, 8), np.float32), np.zeros((8, 8, 3), np.int16),
                                    np.zeros((0, 8, 3), np.uint8), [[[0.0]]]])
 def test_bad_images_raise_value_error(image):
     with pytest.raises(ValueError, match="image"):
-        predict_tiles(_pointwise(), image)
+        predict_tiles(_pointwise(), image, grid=1)
