@@ -105,8 +105,8 @@ def _load_raw(path: Path, trust: bool) -> Any:
             f"{path}: refused to unpickle an object that is not plain weights ({e.args[0].splitlines()[0]}). "
             "If you trust this file, pass --trust-checkpoint (trust=True)."
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {e}") from e
+    except Exception as e:  # noqa: BLE001 - junk bytes raise anything from the unpickler (IndexError, KeyError...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
 
 
 def _unwrap(raw: Any, path: Path) -> tuple[dict, str | None]:
