@@ -28,6 +28,8 @@ from imagingflows.tasks.evaluate import restore_metrics
 from imagingflows.tasks.image_io import read_image, write_image
 from imagingflows.tasks.preview import LABEL_BAND_PX
 
+from bicubic import _cubic, bicubic_reference
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_data" / "restore"
 SAMPLE_FILES = ("astronaut.png", "camera.png", "chelsea.jpg", "coffee_rgba.png", "tiff/rocket_16bit.tif")
@@ -114,32 +116,6 @@ def test_sr_jpeg_written_as_png_and_nothing_else(sr_run):
         [_out_rel(n) for n in SAMPLE_FILES] + [f"previews/{n}.png" for n in SAMPLE_FILES]
         + ["report.html", "report.md", "run.json", "run.log"]
     )
-
-
-def _cubic(d: np.ndarray, a: float = -0.5) -> np.ndarray:
-    """Keys' cubic convolution kernel (Pillow's BICUBIC uses a = -0.5); 0 from |d| = 2 on."""
-    d = np.abs(d)
-    near = (a + 2) * d**3 - (a + 3) * d**2 + 1
-    far = a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
-    return np.where(d < 1, near, np.where(d < 2, far, 0.0))
-
-
-def _bicubic_matrix(n: int, scale: int) -> np.ndarray:
-    """(n*scale, n) weights: output pixel centres mapped back, taps past the border dropped, rows renormalised."""
-    centre = (np.arange(n * scale) + 0.5) / scale
-    w = _cubic(np.arange(n)[None, :] + 0.5 - centre[:, None])
-    return w / w.sum(axis=1, keepdims=True)
-
-
-def bicubic_reference(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W) uint8/uint16 -> (H*scale, W*scale): rows then columns, float32 between the passes, clipped, rounded.
-
-    Written from the kernel's definition, not with Pillow or the project's code.
-    """
-    h, w = alpha.shape
-    rows = (alpha.astype(np.float64) @ _bicubic_matrix(w, scale).T).astype(np.float32)
-    out = (_bicubic_matrix(h, scale) @ rows.astype(np.float64)).astype(np.float32)
-    return np.rint(np.clip(out, 0, np.iinfo(alpha.dtype).max)).astype(alpha.dtype)
 
 
 def test_alpha_upscale_x2_gives_the_values_worked_out_by_hand():
