@@ -20,6 +20,7 @@ import signal
 import tempfile
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -385,11 +386,11 @@ def _log() -> logging.Logger:
 
 
 def _progress_callback() -> Callable | None:
-    return _CALLBACK
+    return _CALLBACKS.get()[0]
 
 
 def _item_callback() -> Callable | None:
-    return _ITEM_CALLBACK
+    return _CALLBACKS.get()[1]
 
 
 def _publish(pipeline: str, out: Path, manifest: RunManifest) -> None:
@@ -460,22 +461,24 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
                       device_info={"type": device_type, "torch_threads": threads, "runner": runner,
                                    "workers": workers})
         handler = file_log(plan.output_dir / "run.log")
-        global _CALLBACK, _ITEM_CALLBACK
-        _CALLBACK, _ITEM_CALLBACK = progress, item_progress  # flow parameters must be JSON: callbacks stay local
+        # flow parameters must be JSON: the callbacks travel in a ContextVar, which the flow (same
+        # thread) and the thread runner's tasks (Prefect copies the context) see; other runners don't
+        token = _CALLBACKS.set((progress, item_progress))
         try:
             flow_fn = run_flow.with_options(task_runner=make_task_runner(runner, workers))
             in_flight = CHUNK if runner.startswith("dask=") else workers  # a remote cluster sizes itself
             return flow_fn(plan.pipeline, str(plan.input_dir), str(plan.output_dir), config,
                            [i.to_dict() for i in plan.items], [list(e) for e in plan.errors], resume, in_flight)
         finally:
-            _CALLBACK = _ITEM_CALLBACK = None
+            _CALLBACKS.reset(token)
             log.removeHandler(handler)
             handler.close()
             remove_stale_temps(plan.output_dir)  # an item abandoned at a stop leaves none behind
 
 
-_CALLBACK: Callable | None = None
-_ITEM_CALLBACK: Callable | None = None
+#: (progress(item_id, status), item_progress(item_id, unit, done, total)) of the batch running in this context
+_CALLBACKS: ContextVar[tuple[Callable | None, Callable | None]] = ContextVar("imagingflows_run_callbacks",
+                                                                             default=(None, None))
 
 
 class OutputLock:

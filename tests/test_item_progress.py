@@ -45,3 +45,30 @@ def test_a_restore_run_reports_tiles_with_the_item_name(tmp_path):
     assert result["counts"]["done"] == 1
     names = {s[0] for s in seen}
     assert names == {"photo.png"} and seen[-1][1] == "tile" and seen[-1][2] == seen[-1][3] > 1
+
+
+def test_two_batches_in_parallel_threads_each_get_their_own_callbacks(tmp_path):
+    """The callbacks live in a ContextVar, not in module globals: two Python-API batches running at
+    once in one process never report into each other's bars."""
+    import threading
+
+    seen: dict[str, set] = {"a": set(), "b": set()}
+    plans = {}
+    for name in seen:
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((40, 48, 3), 30 * i + 60, np.uint8)).save(tmp_path / name / f"{name}{i}.png")
+        plans[name] = plan_run("restore", tmp_path / name, tmp_path / f"out_{name}",
+                               {"task": "denoise", "tile": 32, "overlap": 4, "whole_max_pixels": 0,
+                                "precision": "fp32"})
+
+    def run(name):
+        execute(plans[name], progress=lambda item, status: seen[name].add(item),
+                item_progress=lambda item, *a: seen[name].add(item))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in seen]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": {"a0.png", "a1.png"}, "b": {"b0.png", "b1.png"}}
