@@ -16,8 +16,6 @@ those variables; no network calls.
 
 from __future__ import annotations
 
-import os
-
 # Quiet, private defaults are set by imagingflows.flows (imported first, before prefect).
 import sys
 import warnings
@@ -409,15 +407,8 @@ def serve(
     else:
         options = {"weights": str(weights) if weights else None}
     from imagingflows.flows.runners import UsageError
-    from imagingflows.flows.serve import check_cron, check_server
 
-    api_url = os.environ.get("PREFECT_API_URL")
-    if not api_url:
-        _fail("schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
-              "(the embedded ephemeral mode has no scheduler)")
-    try:
-        check_cron(cron)
-        check_server(api_url)
+    try:  # serve_pipeline checks the cron, then the server, before registering anything
         serve_pipeline(pipeline, str(input), str(output), cron=cron, name=name, options=options,
                        say=lambda line: err.print(line, highlight=False))
     except UsageError as e:
@@ -457,7 +448,7 @@ def main() -> None:
     import atexit
     import signal
 
-    from imagingflows.flows.run import end_child_processes
+    from imagingflows.flows.stop import end_child_processes
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="monai")

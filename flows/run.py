@@ -12,14 +12,12 @@ import hashlib
 import hmac
 import logging
 import os
-import queue
 import re
 import secrets
 import shutil
-import signal
 import tempfile
-import threading
 import time
+from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,9 @@ from uuid import UUID
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from imagingflows.flows.output_lock import OutputLock
 from imagingflows.flows.runners import UsageError, make_task_runner
+from imagingflows.flows.stop import Completions, StopRequest, ignore_stop_signals_in_workers
 from imagingflows.pipelines.base import get_pipeline
 from imagingflows.tasks.ingest import InputError, Item, hash_inputs
 from imagingflows.tasks.manifest import RunManifest, config_hash
@@ -158,7 +158,7 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
 
     from imagingflows.models.progress import listen
 
-    _ignore_stop_signals_in_workers(config)
+    ignore_stop_signals_in_workers(config)
     torch.set_num_threads(int(config.get("torch_threads") or torch.get_num_threads()))
     pipe = get_pipeline(pipeline_name)
     start = time.perf_counter()
@@ -189,15 +189,6 @@ def remove_item_outputs(pipe, item_id: str, out_dir: Path) -> None:
             shutil.rmtree(owned, ignore_errors=True)  # a per-item folder (segment's <case>/)
         elif path.is_file() and out in path.resolve().parents:
             path.unlink(missing_ok=True)
-
-
-def _ignore_stop_signals_in_workers(config: dict) -> None:
-    """In a worker process (process/dask runners), Ctrl-C and SIGTERM belong to the parent run,
-    which stops submitting, lets running items finish and then ends its workers itself."""
-    parent = config.get("parent_pid")
-    if parent and os.getpid() != parent and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
 
 
 class _ItemProgress:
@@ -233,67 +224,6 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-#: seconds that running items get to finish after SIGINT/SIGTERM before the run stops without them
-STOP_GRACE_SECONDS = 60.0
-
-
-class StopRequest:
-    """Signal handler state: the first SIGINT/SIGTERM stops submitting and lets running items
-    finish (up to ``grace`` seconds); a second one stops waiting at once."""
-
-    def __init__(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        self.grace, self.signal, self.deadline = grace, None, None
-
-    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - the signal module's signature
-        if self.signal is None:
-            self.signal = signal.Signals(signum).name
-            self.deadline = time.monotonic() + self.grace
-            _log().warning("%s received: no new items; running items get %.0f s to finish", self.signal, self.grace)
-        else:
-            self.deadline = time.monotonic()
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
-
-    @contextlib.contextmanager
-    def installed(self):
-        """Handle SIGINT/SIGTERM while the block runs (main thread only; elsewhere a no-op)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-class _Completions:
-    """Futures as they finish, waited for in short slices so a stop request is seen at once."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self.pending: dict[int, Any] = {}
-
-    def add(self, future, payload) -> None:
-        self.pending[id(future)] = (future, payload)
-        register = getattr(future, "_add_prefect_done_callback", None) or future.add_done_callback
-        register(self.queue.put)
-
-    def next(self, timeout: float = 0.5):
-        """``(future, payload)`` of a finished future, or None after ``timeout``."""
-        try:
-            future = self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        return self.pending.pop(id(future), None)
-
-
 @flow(name="imagingflows-run", log_prints=False)
 def run_flow(
     pipeline: str, input_dir: str, output_dir: str, config: dict[str, Any],
@@ -302,7 +232,7 @@ def run_flow(
     """Process every item; record each outcome in run.json as it lands; write the report.
 
     At most ``max_in_flight`` items are submitted at once, so on SIGINT/SIGTERM nothing more is
-    started; items already running get :data:`STOP_GRACE_SECONDS` to finish, then run.json and
+    started; items already running get :data:`~imagingflows.flows.stop.STOP_GRACE_SECONDS` to finish, then run.json and
     the report are written with every finished item and the flow returns ``interrupted``.
     """
     pipe = get_pipeline(pipeline)
@@ -319,7 +249,7 @@ def run_flow(
         outcomes[case_id] = "failed"
         _log().error("%s: %s", case_id, message)
 
-    todo = []  # inputs are hashed only to confirm a skip; every other item hashes its own in its task
+    todo: deque = deque()  # inputs are hashed only to confirm a skip; every other item hashes its own in its task
     for d in items:
         if resume and manifest.up_to_date(d["id"], input_hash=lambda d=d: hash_inputs(list(d["paths"].values())),
                                           cfg_hash=cfg_hash, weights_hash=config.get("weights_sha256"),
@@ -331,11 +261,11 @@ def run_flow(
 
     total = len(items) + len(errors)
     progress = _Progress(total, len(outcomes), _progress_callback())
-    completions, stop = _Completions(), StopRequest()
+    completions, stop = Completions(), StopRequest()
     with stop.installed():
         while todo or completions.pending:
             while todo and not stop.requested and len(completions.pending) < max(1, max_in_flight):
-                d = todo.pop(0)
+                d = todo.popleft()
                 fut = process_item.submit(pipeline, d["id"], d, output_dir, config,
                                           progress.artifact_key, [progress.done, progress.total])
                 completions.add(fut, d)
@@ -481,52 +411,6 @@ _CALLBACKS: ContextVar[tuple[Callable | None, Callable | None]] = ContextVar("im
                                                                              default=(None, None))
 
 
-class OutputLock:
-    """``<output>/.imagingflows.lock`` holding the running process's pid: a second run into the
-    same folder is refused (naming the holder), a lock left by a dead process is taken over."""
-
-    NAME = ".imagingflows.lock"
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / self.NAME
-
-    def __enter__(self) -> "OutputLock":
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and holder != os.getpid() and _alive(holder):
-                    raise UsageError(f"{self.path.parent} is in use by another run (pid {holder}, lock "
-                                     f"{self.path}); wait for it, or choose another output folder")
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            return self
-        raise UsageError(f"could not take the lock {self.path}")
-
-    def __exit__(self, *exc) -> None:
-        if self._holder() == os.getpid():
-            self.path.unlink(missing_ok=True)
-
-    def _holder(self) -> int | None:
-        try:
-            return int(self.path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def start_local_server() -> None:
     """Start Prefect's ephemeral server now, one process at a time per ``PREFECT_HOME``.
 
@@ -551,23 +435,6 @@ def start_local_server() -> None:
             SubprocessASGIServer().start()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def end_child_processes(timeout: float = 5.0) -> None:
-    """Terminate what this process started and left running (Prefect's ephemeral server, local
-    Dask or process-pool workers), then kill what does not stop within ``timeout``."""
-    try:
-        import psutil
-    except ImportError:
-        return
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
 
 
 def file_log(path: Path) -> logging.Handler:

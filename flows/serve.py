@@ -13,6 +13,7 @@ as Prefect 3.8.8's did with SQLAlchemy 2.1, otherwise looks exactly like a quiet
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Callable
@@ -95,10 +96,19 @@ def watch_schedule(deployment_id, name: str, say: Callable[[str], None], *,
 
 def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str, name: str, options: dict,
                    say: Callable[[str], None] = print) -> None:
-    """Register ``imagingflows-scheduled/<pipeline>-<name>`` with the cron schedule and serve it (blocks)."""
+    """Register ``imagingflows-scheduled/<pipeline>-<name>`` with the cron schedule and serve it (blocks).
+
+    Raises :class:`UsageError` (before registering anything) for an invalid cron, no
+    ``PREFECT_API_URL``, or no server answering there.
+    """
     from prefect.runner import Runner
 
     check_cron(cron)
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise UsageError("schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
+                         "(the embedded ephemeral mode has no scheduler)")
+    check_server(api_url)
     deployment = scheduled_run.to_deployment(
         name=f"{pipeline}-{name}", cron=cron,
         parameters={"pipeline": pipeline, "input_dir": input_dir, "output_dir": output_dir, "options": options},

@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from imagingflows.flows.cli import app
-from imagingflows.flows.run import OutputLock
+from imagingflows.flows.output_lock import OutputLock
 
 
 def _cli(*args) -> tuple[int, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -74,15 +73,15 @@ def _watch_a_deployment_without_runs(url: str) -> str:
     return "\n".join(lines)
 
 
-def _serve(*args: str, url: str) -> subprocess.CompletedProcess:
-    env = server_env(Path("/tmp"), PREFECT_API_URL=url)
+def _serve(*args: str, url: str, home: Path) -> subprocess.CompletedProcess:
+    env = server_env(home, PREFECT_API_URL=url)
     return subprocess.run([str(BIN / "run-flow"), "serve", "restore", "--task", "denoise", *args],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_serve_without_a_server_is_one_line_and_exit_2(tmp_path):
     done = _serve("--cron", "0 2 * * *", "-i", str(tmp_path), "-o", str(tmp_path / "o"),
-                  url=f"http://127.0.0.1:{free_port()}/api")
+                  url=f"http://127.0.0.1:{free_port()}/api", home=tmp_path / "home")
     assert done.returncode == 2, done.stderr
     assert "no Prefect server answers at PREFECT_API_URL" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout and len(done.stderr.strip().splitlines()) <= 2
@@ -90,7 +89,7 @@ def test_serve_without_a_server_is_one_line_and_exit_2(tmp_path):
 
 def test_serve_with_an_invalid_cron_is_one_line_and_exit_2(tmp_path):
     done = _serve("--cron", "every night", "-i", str(tmp_path), "-o", str(tmp_path / "o"),
-                  url=f"http://127.0.0.1:{free_port()}/api")
+                  url=f"http://127.0.0.1:{free_port()}/api", home=tmp_path / "home")
     assert done.returncode == 2, done.stderr
     assert "invalid --cron 'every night'" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout and "ValidationError" not in done.stderr
