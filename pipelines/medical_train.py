@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from imagingflows.pipelines import medical as seg
-from imagingflows.pipelines.train_common import check_resume, cosine_lr, plot_curves as _plot, split_ids
+from imagingflows.pipelines.train_common import plot_curves as _plot, split_ids
 from imagingflows.tasks.ingest import InputError, Item
 
 log = logging.getLogger("imagingflows.train")
@@ -102,12 +102,12 @@ def _validate(lm, cases: list[tuple[torch.Tensor, torch.Tensor]], roi: list[int]
 
 
 def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
-    """Train; returns a summary (epochs, best Dice per region, checkpoint paths, split)."""
+    """Train; returns the :func:`fit.fit` summary (``best_dice``, ``result``, ``headline`` ...)
+    plus the cases without a reference (``errors``) and the model frame (``profile``)."""
     from monai.losses import DiceLoss
 
-    from imagingflows.models.backend import LoadedModel, load, select_device
-    from imagingflows.models.checkpoints import save_checkpoint
-    from imagingflows.models.registry import get_spec
+    from imagingflows.models.backend import load, select_device
+    from imagingflows.pipelines import fit
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -117,104 +117,82 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
                          + "".join(f"\n  {cid}: {msg}" for cid, msg in errors))
     device = select_device(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))
-    torch.manual_seed(seed)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    resume_state = None
-
-    if last_path.is_file():
-        lm = load(last_path, device=str(device))  # one read: weights and training state
-        resume_state = lm.meta.get("train_state")
+    torch.manual_seed(seed)  # before the scratch model is built: its initial weights
+    if config.get("weights"):
+        build = lambda: load(config["weights"], trust=bool(config.get("trust_checkpoint")), device=str(device))  # noqa: E731
+    else:
+        build = lambda: _scratch_model(int(config.get("feature_size", 12)), device)  # noqa: E731
+    lm = fit.open_run(run_dir, build, device)
+    if (run_dir / "last.pt").is_file():
         profile = lm.meta["profile"]
     elif config.get("weights"):
-        lm = load(config["weights"], trust=bool(config.get("trust_checkpoint")), device=str(device))
         profile = {**seg.FOREIGN_PROFILE, **(lm.meta.get("profile") or {})}
     else:
-        spec = get_spec("swin_unetr")
-        model_cfg = {"in_channels": 4, "out_channels": 3, "feature_size": int(config.get("feature_size", 12)),
-                     "patch_merging": "current"}
         profile = dict(SCRATCH_PROFILE)
-        lm = LoadedModel(spec.build(**model_cfg).to(device), spec, model_cfg, None, None, {}, device)
     if config.get("spacing"):
         profile["spacing"] = list(config["spacing"])
     crop = list(config.get("roi") or [64, 64, 64])
     labels = config.get("labels", "auto")
+    batch, share = int(config.get("batch_size", 2)), float(config.get("tumour_share", 0.5))
     settings = {"weights": config.get("weights"), "lr": float(config.get("lr", 1e-3)), "roi": crop,
-                "spacing": config.get("spacing"), "labels": labels, "batch_size": int(config.get("batch_size", 2)),
-                "tumour_share": float(config.get("tumour_share", 0.5)),
-                "feature_size": None if config.get("weights") else int(config.get("feature_size", 12))}
-    check_resume(run_dir, (resume_state or {}).get("settings"), settings)
-
-    ids = [item.id for item, _ in pairs]
-    train_ids, val_ids = (resume_state["split"]["train"], resume_state["split"]["val"]) if resume_state else \
-        split_cases(ids, float(config.get("val_fraction", 0.2)), seed)
+                "spacing": config.get("spacing"), "labels": labels, "batch_size": batch, "tumour_share": share,
+                "feature_size": None if config.get("weights") else int(config.get("feature_size", 12)),
+                "loss": "dice+bce"}
+    split = fit.run_split(fit.resume_state(run_dir, lm, settings), [item.id for item, _ in pairs],
+                          float(config.get("val_fraction", 0.2)), seed)
     by_id = {item.id: (item, ref) for item, ref in pairs}
     t0 = time.perf_counter()
-    data = {cid: load_case_in_frame(*by_id[cid], profile, labels) for cid in train_ids + val_ids if cid in by_id}
+    data = {cid: load_case_in_frame(*by_id[cid], profile, labels) for cid in split["train"] + split["val"]
+            if cid in by_id}
     log.info("loaded %d cases in %.1fs", len(data), time.perf_counter() - t0)
+    val_cases = [data[c] for c in split["val"]]
 
-    net = lm.module.to(device).train()
-    epochs = int(config.get("epochs", 10))
-    steps = int(config.get("steps_per_epoch") or len(train_ids))
-    batch = int(config.get("batch_size", 2))
-    base_lr = float(config.get("lr", 1e-3))
-    opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-5)
+    def batches(start_epoch: int):
+        """Crops of random training cases: a stream seeded from the epoch the run starts at."""
+        augment = _augment(crop, seed + start_epoch, share)
+        rng = random.Random(seed * 1000 + start_epoch)
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:  # (B, 4, *crop) images, (B, 3, *crop) regions
+            crops = [augment({"image": data[c][0], "label": data[c][1]})[0]
+                     for c in (rng.choice(split["train"]) for _ in range(batch))]
+            return (torch.stack([torch.as_tensor(c["image"]) for c in crops]),
+                    torch.stack([torch.as_tensor(c["label"]) for c in crops]))
+        return draw
+
     # batch=True: Dice over the whole batch per region, so a crop without tumour does not
     # contribute a 0/0 Dice term (unstable with per-sample Dice)
     dice_loss = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
     bce = torch.nn.BCEWithLogitsLoss()
-    history: list[dict] = []
-    start_epoch = 0
-    if resume_state:
-        opt.load_state_dict(resume_state["optimizer"])
-        history = resume_state["history"]
-        start_epoch = resume_state["epoch"]
-    best = max((h["val_mean"] for h in history), default=-1.0)
-    augment = _augment(crop, seed + start_epoch, float(config.get("tumour_share", 0.5)))
-    rng = random.Random(seed * 1000 + start_epoch)
 
-    total_steps = epochs * steps
-    for epoch in range(start_epoch, epochs):
-        t_epoch = time.perf_counter()
-        losses = []
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(base_lr, (epoch * steps + step) / max(1, total_steps))
-            crops = [augment({"image": data[c][0], "label": data[c][1]})[0]
-                     for c in (rng.choice(train_ids) for _ in range(batch))]
-            x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(device)
-            y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(device)
-            logits = net(x)
-            loss = dice_loss(logits, y) + bce(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach().item())
-        val = _validate(lm, [data[c] for c in val_ids], profile["roi"]) if val_ids else {}
-        val_mean = float(np.mean(list(val.values()))) if val else float("nan")
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mean": val_mean,
-                        **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.perf_counter() - t_epoch, 1),
-                        "lr": opt.param_groups[0]["lr"]})
-        log.info("epoch %d/%d loss %.4f val Dice %s", epoch + 1, epochs, history[-1]["loss"], val)
-        meta = {"profile": profile, "label_convention_trained": labels, "history": history,
-                "data": str(data_dir), "split": {"train": train_ids, "val": val_ids}}
-        state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "settings": settings,
-                 "history": history, "split": {"train": train_ids, "val": val_ids}}
-        if val_mean > best:
-            best = val_mean
-            save_checkpoint(best_path, net, arch="swin_unetr", config=lm.config, meta=meta)
-        save_checkpoint(last_path, net, arch="swin_unetr", config=lm.config, meta={**meta, "train_state": state})
-        plot_curves(history, run_dir / "training_curve.png")
-    return {
-        "epochs_done": len(history), "best_dice": round(best, 4) if best >= 0 else None,
-        "best_checkpoint": str(best_path) if best_path.is_file() else str(last_path),
-        "last_checkpoint": str(last_path), "history": history,
-        "split": {"train": train_ids, "val": val_ids, "seed": seed}, "errors": errors, "profile": profile,
-        "model": {"arch": "swin_unetr", "config": lm.config},
-    }
+    def validate(net) -> dict[str, float]:
+        dice = _validate(lm, val_cases, profile["roi"]) if val_cases else {}
+        return {"mean": float(np.mean(list(dice.values()))) if dice else float("nan"), **dice}
+
+    out = fit.fit(
+        lm, run_dir, optimizer=fit.AdamW(settings["lr"], weight_decay=1e-5), batches=batches,
+        loss=lambda logits, y: dice_loss(logits, y) + bce(logits, y), validate=validate,
+        score=fit.Score("val_mean", "best_dice", "Dice", digits=4, shown=".3f"), settings=settings,
+        meta={"profile": profile, "label_convention_trained": labels, "data": str(data_dir)}, split=split,
+        epochs=int(config.get("epochs", 10)), steps=int(config.get("steps_per_epoch") or len(split["train"])),
+        curve=CURVE, describe=lambda v: "val Dice " + ", ".join(f"{r} {v[r]:.3f}" for r in seg.REGIONS if r in v))
+    return {**out, "errors": errors, "profile": profile}
+
+
+def _scratch_model(feature_size: int, device):
+    """A fresh Swin UNETR (4 modalities in, the 3 regions out) of ``feature_size``."""
+    from imagingflows.models.backend import LoadedModel
+    from imagingflows.models.registry import get_spec
+
+    spec = get_spec("swin_unetr")
+    cfg = {"in_channels": 4, "out_channels": 3, "feature_size": feature_size, "patch_merging": "current"}
+    return LoadedModel(spec.build(**cfg).to(device), spec, cfg, None, None, {}, device)
+
+
+CURVE = {"loss_label": "train loss (Dice + BCE)", "ylabel": "validation Dice", "ylim": (0, 1),
+         "series": {r: f"val_{r}" for r in seg.REGIONS},
+         "colors": dict(zip(seg.REGIONS, ("tab:red", "tab:orange", "tab:blue")))}
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
     """Loss and validation Dice per region per epoch as a PNG (written atomically)."""
-    return _plot(history, path, loss_label="train loss (Dice + BCE)", ylabel="validation Dice", ylim=(0, 1),
-                 series={r: f"val_{r}" for r in seg.REGIONS},
-                 colors=dict(zip(seg.REGIONS, ("tab:red", "tab:orange", "tab:blue"))))
+    return _plot(history, path, **CURVE)

@@ -27,18 +27,11 @@ resumes from ``last.pt``.
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from imagingflows.pipelines.train_common import check_resume, cosine_lr, plot_curves, split_ids
-
-log = logging.getLogger("imagingflows.train")
 
 TASKS = ("denoise", "deblur", "sr")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -274,6 +267,17 @@ def _data(config: dict, data_dir: Path | None) -> tuple[dict[str, Path], dict[st
     return {p.relative_to(data_dir).with_suffix("").as_posix(): p for p in found}, {}
 
 
+def _scratch_config(config: dict, task: str) -> dict | None:
+    """The architecture config a run from scratch builds (None with ``--weights``)."""
+    if config.get("weights"):
+        return None
+    arch = "hat" if task == "sr" else "nafnet"
+    cfg = {**SCRATCH[arch], **(config.get("arch_config") or {})}
+    if arch == "hat":
+        cfg["upscale"] = int(config.get("scale", 2))
+    return cfg
+
+
 def _model(config: dict, task: str, device: torch.device):
     from imagingflows.models.backend import LoadedModel, load
     from imagingflows.models.registry import get_spec
@@ -284,17 +288,34 @@ def _model(config: dict, task: str, device: torch.device):
         if lm.spec.name != arch:
             raise ValueError(f"{config['weights']}: a {lm.spec.name} checkpoint; task {task} trains {arch}")
         return lm
-    spec = get_spec(arch)
-    cfg = {**SCRATCH[arch], **(config.get("arch_config") or {})}
-    if arch == "hat":
-        cfg["upscale"] = int(config.get("scale", 2))
+    spec, cfg = get_spec(arch), _scratch_config(config, task)
     return LoadedModel(spec.build(**cfg).to(device), spec, cfg, None, None, {}, device)
 
 
+def _val_pairs(clean_paths: dict, degraded_paths: dict, ids: list[str], task: str, cfg: dict, crop: int,
+               seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(clean (3, H, W), degraded) per held-out image (per noise level for a sigma range), degraded once
+    with a fixed seed; centred crops (whole forward passes of big images would dominate the epoch)."""
+    scale, gen, val = cfg["scale"], torch.Generator().manual_seed(10_000 + seed), []
+    for i in ids:
+        clean = _centre_crop(load_rgb(clean_paths[i]), crop, scale)  # sides divisible by the scale
+        if degraded_paths:
+            val.append((clean, _centre_crop(load_rgb(degraded_paths[i]), crop // scale, 1)))
+            continue
+        for level in val_levels(cfg["sigma"]) if task == "denoise" else [cfg["sigma"]]:
+            val.append((clean, degrade(clean[None], task, sigma=level, scale=scale, gen=gen)[0]))
+    return val
+
+
+def _describe(v: dict) -> str:
+    return "val PSNR %.2f dB (input %.2f dB, gain %+.2f dB)" % (
+        v.get("psnr", np.nan), v.get("input_psnr", np.nan), v.get("gain_db", np.nan))
+
+
 def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
-    """Train; returns a summary (epochs, best PSNR and gain, checkpoint paths, split)."""
-    from imagingflows.models.backend import load, select_device
-    from imagingflows.models.checkpoints import save_checkpoint
+    """Train; returns the :func:`fit.fit` summary (``best_psnr``, ``gain_db``, ``result``, ``headline`` ...)."""
+    from imagingflows.models.backend import select_device
+    from imagingflows.pipelines import fit
 
     task = config.get("task", "denoise")
     if task not in TASKS:
@@ -313,83 +334,33 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
                          f"found {len(clean_paths)}")
     device = select_device(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))
-    torch.manual_seed(seed)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    state = None
-    if last_path.is_file():
-        lm = load(last_path, device=str(device))
-        state = lm.meta.get("train_state")
-    else:
-        lm = _model(config, task, device)
+    torch.manual_seed(seed)  # before the scratch model is built: its initial weights
+    lm = fit.open_run(run_dir, lambda: _model(config, task, device), device)
     if task == "sr" and lm.config.get("upscale") != scale:
         raise ValueError(f"the model upscales x{lm.config.get('upscale')}, --scale is {scale}")
-
-    train_ids, val_ids = (state["split"]["train"], state["split"]["val"]) if state else \
-        split_ids(list(clean_paths), float(config.get("val_fraction", 0.2)), seed)
-    pool = [(load_rgb(clean_paths[i]), load_rgb(degraded_paths[i]) if degraded_paths else None) for i in train_ids]
-    val_gen = torch.Generator().manual_seed(10_000 + seed)
-    val = []
-    val_crop = int(config.get("val_crop", 256))
-    for i in val_ids:
-        # a centred crop (whole forward passes of big images would dominate the epoch), divisible by the scale
-        clean = _centre_crop(load_rgb(clean_paths[i]), val_crop, scale)
-        if degraded_paths:
-            val.append((clean, _centre_crop(load_rgb(degraded_paths[i]), val_crop // scale, 1)))
-            continue
-        for level in val_levels(cfg["sigma"]) if task == "denoise" else [cfg["sigma"]]:
-            val.append((clean, degrade(clean[None], task, sigma=level, scale=scale, gen=val_gen)[0]))
-
-    net = lm.module.to(device).train()
-    epochs, steps = int(config.get("epochs", 10)), int(config.get("steps_per_epoch") or 100)
     batch, patch = int(config.get("batch_size", 8)), int(config.get("patch", 64))
-    base_lr = float(config.get("lr", 1e-3))
+    loss = config.get("loss", "psnr")
     settings = {"task": task, "scale": scale, "sigma": cfg["sigma"], "photometric": cfg["photometric"],
-                "loss": config.get("loss", "psnr"), "lr": base_lr, "batch_size": batch, "patch": patch,
-                "weights": config.get("weights")}
-    check_resume(run_dir, (state or {}).get("settings"), settings)
-    opt = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=0.0, betas=(0.9, 0.9))
-    criterion = loss_fn(config.get("loss", "psnr"))
-    history: list[dict] = state["history"] if state else []
-    start = state["epoch"] if state else 0
-    if state:
-        opt.load_state_dict(state["optimizer"])
-    best = max((h["val_psnr"] for h in history), default=-np.inf)
-    gen = torch.Generator().manual_seed(seed * 1000 + start)
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        losses = []
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(base_lr, (epoch * steps + step) / max(1, epochs * steps))
-            x, y = random_pairs(pool, batch, patch, task, cfg, gen)
-            loss = criterion(net(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-            opt.step()
-            losses.append(loss.detach().item())
-        v = validate(net, val, task, scale) if val else {}
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1),
-                        "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v[k] for k in v if k != "recipe"}})
-        log.info("epoch %d/%d loss %.4f val PSNR %.2f dB (input %.2f dB, gain %+.2f dB)", epoch + 1, epochs,
-                 history[-1]["loss"], v.get("psnr", np.nan), v.get("input_psnr", np.nan), v.get("gain_db", np.nan))
-        split = {"train": train_ids, "val": val_ids, "seed": seed}
-        meta = {"profile": _profile(task, scale, cfg),
-                "history": history, "split": split, "recipe": v.get("recipe"),
-                "data": str(data_dir or config.get("reference"))}
-        if v and v["psnr"] > best:
-            best = v["psnr"]
-            save_checkpoint(best_path, net, arch=lm.spec.name, config=lm.config, meta=meta)
-        save_checkpoint(last_path, net, arch=lm.spec.name, config=lm.config, meta={**meta, "train_state": {
-            "epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history, "split": split,
-            "settings": settings}})
-        plot_curves(history, run_dir / "training_curve.png", loss_label=f"train loss ({config.get('loss', 'psnr')})",
-                    series={"PSNR": "val_psnr", "input PSNR": "val_input_psnr"}, ylabel="validation PSNR (dB)")
-    last = history[-1] if history else {}
-    return {
-        "epochs_done": len(history), "best_psnr": round(best, 3) if np.isfinite(best) else None,
-        "gain_db": round(last.get("val_gain_db", np.nan), 3) if history else None,
-        "best_checkpoint": str(best_path if best_path.is_file() else last_path), "last_checkpoint": str(last_path),
-        "history": history, "split": {"train": train_ids, "val": val_ids, "seed": seed}, "errors": [],
-        "model": {"arch": lm.spec.name, "config": lm.config},
-    }
+                "loss": loss, "lr": float(config.get("lr", 1e-3)), "batch_size": batch, "patch": patch,
+                "weights": config.get("weights"), "arch_config": _scratch_config(config, task)}
+    split = fit.run_split(fit.resume_state(run_dir, lm, settings), list(clean_paths),
+                          float(config.get("val_fraction", 0.2)), seed)
+    pool = [(load_rgb(clean_paths[i]), load_rgb(degraded_paths[i]) if degraded_paths else None)
+            for i in split["train"]]
+    val = _val_pairs(clean_paths, degraded_paths, split["val"], task, cfg, int(config.get("val_crop", 256)), seed)
+
+    def batches(start_epoch: int):
+        """Random (degraded, clean) crops: a stream seeded from the epoch the run starts at."""
+        gen = torch.Generator().manual_seed(seed * 1000 + start_epoch)
+        return lambda: random_pairs(pool, batch, patch, task, cfg, gen)
+
+    return {**fit.fit(
+        lm, run_dir, optimizer=fit.AdamW(settings["lr"], weight_decay=0.0, betas=(0.9, 0.9)), batches=batches,
+        loss=loss_fn(loss), grad_clip=0.5, validate=lambda net: validate(net, val, task, scale) if val else {},
+        score=fit.Score("val_psnr", "best_psnr", "PSNR", unit="dB", digits=3, shown=".2f",
+                        gain=("gain_db", "val_gain_db")),
+        settings=settings, split=split, epochs=int(config.get("epochs", 10)),
+        steps=int(config.get("steps_per_epoch") or 100), describe=_describe,
+        meta={"profile": _profile(task, scale, cfg), "data": str(data_dir or config.get("reference"))},
+        curve={"loss_label": f"train loss ({loss})", "series": {"PSNR": "val_psnr", "input PSNR": "val_input_psnr"},
+               "ylabel": "validation PSNR (dB)"}), "errors": []}
