@@ -174,8 +174,12 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
         score=fit.Score("val_mean", "best_dice", "Dice", digits=4, shown=".3f"), settings=settings,
         meta={"profile": profile, "label_convention_trained": labels, "data": str(data_dir)}, split=split,
         epochs=int(config.get("epochs", 10)), steps=int(config.get("steps_per_epoch") or len(split["train"])),
-        curve=CURVE, describe=lambda v: "val Dice " + ", ".join(f"{r} {v[r]:.3f}" for r in seg.REGIONS if r in v))
+        curve=CURVE, describe=_describe)
     return {**out, "errors": errors, "profile": profile}
+
+
+def _describe(val: dict) -> str:
+    return "val Dice " + (", ".join(f"{r} {val[r]:.3f}" for r in seg.REGIONS if r in val) or "- (no validation cases)")
 
 
 def _scratch_model(feature_size: int, device):
