@@ -123,14 +123,7 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
     else:
         build = lambda: _scratch_model(int(config.get("feature_size", 12)), device)  # noqa: E731
     lm = fit.open_run(run_dir, build, device)
-    if (run_dir / "last.pt").is_file():
-        profile = lm.meta["profile"]
-    elif config.get("weights"):
-        profile = {**seg.FOREIGN_PROFILE, **(lm.meta.get("profile") or {})}
-    else:
-        profile = dict(SCRATCH_PROFILE)
-    if config.get("spacing"):
-        profile["spacing"] = list(config["spacing"])
+    profile = _frame(lm, config, resumed=(run_dir / "last.pt").is_file())
     crop = list(config.get("roi") or [64, 64, 64])
     labels = config.get("labels", "auto")
     batch, share = int(config.get("batch_size", 2)), float(config.get("tumour_share", 0.5))
@@ -176,6 +169,20 @@ def train(data_dir: Path, run_dir: Path, config: dict) -> dict:
         epochs=int(config.get("epochs", 10)), steps=int(config.get("steps_per_epoch") or len(split["train"])),
         curve=CURVE, describe=_describe)
     return {**out, "errors": errors, "profile": profile}
+
+
+def _frame(lm, config: dict, resumed: bool) -> dict:
+    """The model frame (orientation, spacing, window, channels) the run trains in: the resumed run's,
+    the ``--weights`` checkpoint's (foreign defaults filled in), or the scratch one; ``--spacing`` wins."""
+    if resumed:
+        profile = lm.meta["profile"]
+    elif config.get("weights"):
+        profile = {**seg.FOREIGN_PROFILE, **(lm.meta.get("profile") or {})}
+    else:
+        profile = dict(SCRATCH_PROFILE)
+    if config.get("spacing"):
+        profile["spacing"] = list(config["spacing"])
+    return profile
 
 
 def _describe(val: dict) -> str:
