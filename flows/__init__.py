@@ -22,9 +22,18 @@ for _var, _value in PRIVATE_DEFAULTS.items():
 
 
 def __getattr__(name: str):
-    # The Python API, imported on first use so that `import imagingflows.flows` stays light.
-    if name in ("segment", "restore", "run_pipeline"):
-        from imagingflows.flows import api
+    # The Python API, imported on first use so that `import imagingflows.flows` stays light:
+    # run_pipeline, train, and one function per registered pipeline (`from imagingflows.flows import segment`).
+    import importlib
 
+    if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(name)  # dunders and submodules: the import system goes on to load them
+    api = importlib.import_module(f"{__name__}.api")
+
+    if name in api.__all__:
         return getattr(api, name)
+    from imagingflows.pipelines.base import pipeline_names
+
+    if name in pipeline_names():
+        return api.pipeline_function(name)
     raise AttributeError(f"module 'imagingflows.flows' has no attribute {name!r}")

@@ -7,8 +7,6 @@ table to ``run.json`` / ``report.html``.
 """
 
 from __future__ import annotations
-
-
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +26,6 @@ def score_item(pipeline: str, item_id: str, prediction: str, reference: str, con
     return get_pipeline(pipeline).evaluate(prediction, reference, config)
 
 
-def _case_ids(pred_dir: Path) -> list[str]:
-    """Case ids of predictions: one folder per case (our output tree) or loose ``<case>_seg`` files."""
-    ids = {p.name for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    for p in pred_dir.glob("*.nii*"):
-        stem = p.name.split(".nii")[0]
-        for suffix in ("_seg", "-seg"):
-            if stem.endswith(suffix):
-                ids.add(stem[: -len(suffix)])
-    return sorted(ids)
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
 
@@ -51,7 +38,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
     per_item: dict[str, dict] = {}
     failed: dict[str, str] = {}
     futures = {}
-    ids = pipe.list_predictions(pred_dir) if pipe.list_predictions else _case_ids(pred_dir)
+    ids = pipe.list_predictions(pred_dir)
     for cid in ids:
         try:
             pred, ref = pipe.find_prediction(pred_dir, cid), pipe.find_reference(ref_dir, cid)
@@ -59,7 +46,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
             failed[cid] = str(e)
             continue
         if pred is None or ref is None:
-            failed[cid] = f"case {cid}: {'prediction' if pred is None else 'reference'} not found"
+            failed[cid] = f"{cid}: {'prediction' if pred is None else 'reference'} not found"
             continue
         futures[cid] = score_item.submit(pipeline, cid, str(pred), str(ref), config)
     for cid, fut in futures.items():
@@ -74,9 +61,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
     keys = sorted({k for m in per_item.values() for k in m})  # the mean of numbers only (not labels)
     keys = [k for k in keys if all(_is_number(m.get(k)) for m in per_item.values())]
     mean = {k: round(float(np.mean([m[k] for m in per_item.values()])), 5) for k in keys} if per_item else {}
-    conventions = pipe.metric_conventions
-    if callable(conventions):
-        conventions = conventions(config)
+    conventions = pipe.conventions(config)
     metrics = {"pipeline": pipeline, "conventions": conventions, "per_item": per_item,
                "mean": mean, "failed": failed, "n": len(per_item), "computed": now()}
     write_json(out / "metrics.json", metrics)
@@ -100,19 +85,25 @@ def evaluate_pipeline(pipeline: str, predictions: str | Path, references: str | 
         if not folder.is_dir():
             raise UsageError(f"{label} folder {folder} does not exist")
     pipe = get_pipeline(pipeline)
-    config = None  # what the pipeline's evaluate hook gets (segment needs nothing)
+    if pipe.evaluate is None:
+        raise UsageError(f"the {pipeline} pipeline has no evaluation")
+    config = None  # what the pipeline's evaluate hook gets (None unless it has an evaluate_config hook)
     if pipe.evaluate_config is not None:
         try:
             config = pipe.evaluate_config(predictions, dict(options or {}))
         except ValueError as e:
             raise UsageError(str(e)) from e
+    try:
+        pipe.list_predictions(predictions)
+    except ValueError as e:  # e.g. no run.json to say which items there are
+        raise UsageError(str(e)) from e
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     from imagingflows.flows.run import start_local_server
 
     start_local_server()
     result = evaluate_flow(pipeline, str(predictions), str(references), str(output_dir), config)
     if not result["metrics"]["per_item"] and result["failed"]:
-        raise UsageError("no case could be scored:\n" + "\n".join(f"  {k}: {v}" for k, v in result["failed"].items()))
+        raise UsageError("no item could be scored:\n" + "\n".join(f"  {k}: {v}" for k, v in result["failed"].items()))
     return result
 
 

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import tempfile
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from imagingflows.flows.output_lock import OutputLock
 from imagingflows.flows.runners import UsageError, make_task_runner
 from imagingflows.flows.stop import Completions, StopRequest, ignore_stop_signals_in_workers
 from imagingflows.pipelines.base import get_pipeline
+from imagingflows.pipelines.options import OptionError
 from imagingflows.tasks.ingest import InputError, Item, hash_inputs
 from imagingflows.tasks.manifest import RunManifest, config_hash
 from imagingflows.tasks.write import remove_stale_temps
@@ -52,9 +52,9 @@ class RunPlan:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def pseudonym(case_id: str, key: bytes) -> str:
+def pseudonym(item_id: str, key: bytes) -> str:
     """Stable per output folder (resume works) but keyed, so ids cannot be guessed back."""
-    return "case-" + hmac.new(key, case_id.encode(), hashlib.sha256).hexdigest()[:10]
+    return "case-" + hmac.new(key, item_id.encode(), hashlib.sha256).hexdigest()[:10]
 
 
 def default_anonymize_key() -> Path:
@@ -96,15 +96,6 @@ def anonymize_key(out_dir: Path, key_path: str | os.PathLike | None = None) -> b
     return bytes.fromhex(key)
 
 
-def scrub(message: str, paths: dict[str, str] | None = None) -> str:
-    """Replace what can carry patient-derived ids: input paths, file names, DICOM UIDs."""
-    for role, p in sorted((paths or {}).items(), key=lambda kv: -len(kv[1])):
-        message = message.replace(p, f"<{role} input>").replace(Path(p).name, f"<{role} file>")
-        message = message.replace(str(Path(p).parent), "<case folder>")
-    message = re.sub(r"\b\d+(?:\.\d+){3,}\b", "<uid>", message)
-    return re.sub(r"[^\s,:;'\"()]+\.(?:nii(?:\.gz)?|dcm)\b", "<file>", message)
-
-
 def check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +111,10 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
     from imagingflows.models.checkpoints import CheckpointError
 
     pipe = get_pipeline(pipeline_name)
-    options = dict(options)
+    try:
+        options = pipe.run_config(options)
+    except OptionError as e:
+        raise UsageError(f"{pipeline_name}: {e}") from e
     key_path = options.pop("anonymize_key", None)  # a local secret's place: not part of the config
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
@@ -129,7 +123,7 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
         raise UsageError("output folder must differ from the input folder (inputs are never touched)")
     check_writable(output_dir)
     try:
-        config = pipe.prepare(dict(options))
+        config = pipe.prepare(options)
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         raise UsageError(str(e)) from e
     items, errors = pipe.discover(input_dir, config)
@@ -139,7 +133,7 @@ def plan_run(pipeline_name: str, input_dir: str | Path, output_dir: str | Path, 
         key = anonymize_key(output_dir, key_path)
         names = {i.id: pseudonym(i.id, key) for i in items} | {cid: pseudonym(cid, key) for cid, _ in errors}
         items = [Item(names[i.id], i.paths, i.meta) for i in items]
-        errors = [(names[cid], scrub(msg.replace(cid, names[cid]))) for cid, msg in errors]
+        errors = [(names[cid], pipe.scrub(msg.replace(cid, names[cid]), None)) for cid, msg in errors]
     return RunPlan(pipeline_name, input_dir, output_dir, config, items, errors)
 
 
@@ -170,25 +164,13 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
         entry["seconds"] = round(time.perf_counter() - start, 2)  # this item's own time, not queueing
         return entry
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
-        remove_item_outputs(pipe, item_id, Path(out_dir))  # no partial outputs survive a failure
+        pipe.remove_failed(item_id, Path(out_dir))  # no partial outputs survive a failure
         message = describe_error(exc)
         if config.get("anonymize"):
-            message = scrub(message, item["paths"])
+            message = pipe.scrub(message, item["paths"])
         elif not isinstance(exc, InputError):
             _log().exception("%s: unexpected error", item_id)
         return Failed(message=message)
-
-
-def remove_item_outputs(pipe, item_id: str, out_dir: Path) -> None:
-    """Delete what a failed item wrote: its own folder or files, never the output folder itself."""
-    out = out_dir.resolve()
-    for path in pipe.expected_outputs(item_id, out_dir):
-        path = Path(path)
-        owned = path.parent.resolve()
-        if owned != out and out in owned.parents and owned.name == item_id:
-            shutil.rmtree(owned, ignore_errors=True)  # a per-item folder (segment's <case>/)
-        elif path.is_file() and out in path.resolve().parents:
-            path.unlink(missing_ok=True)
 
 
 class _ItemProgress:
@@ -237,57 +219,40 @@ def run_flow(
     """
     pipe = get_pipeline(pipeline)
     out = Path(output_dir)
-    manifest = RunManifest.open(out, pipeline=pipeline, command="run", resume=resume,
-                                packages=pipe.packages)
-    cfg_hash = config_hash(config, pipe.output_config_keys + RUN_CONFIG_KEYS)
-    manifest.set(config=config, config_hash=cfg_hash, model=config.get("model"),
-                 device=config.get("device_info"), anonymized=bool(config.get("anonymize")),
-                 demo_weights=config.get("demo_weights"))
-    outcomes: dict[str, str] = {}
-    for case_id, message in errors:
-        manifest.record(case_id, {"status": "failed", "error": message})
-        outcomes[case_id] = "failed"
-        _log().error("%s: %s", case_id, message)
-
-    todo: deque = deque()  # inputs are hashed only to confirm a skip; every other item hashes its own in its task
+    # 1. plan: the manifest, the items that failed discovery, the items resume skips
+    manifest, cfg_hash = _open_manifest(pipe, out, config, resume)
+    outcomes = {item_id: "failed" for item_id, _ in errors}
+    for item_id, message in errors:
+        manifest.record(item_id, {"status": "failed", "error": message})
+        _log().error("%s: %s", item_id, message)
+    todo: deque = deque()
     for d in items:
-        if resume and manifest.up_to_date(d["id"], input_hash=lambda d=d: hash_inputs(list(d["paths"].values())),
-                                          cfg_hash=cfg_hash, weights_hash=config.get("weights_sha256"),
-                                          outputs=pipe.expected_outputs(d["id"], out)):
+        if resume and _up_to_date(pipe, manifest, d, out, cfg_hash, config):
             outcomes[d["id"]] = "skipped"
-            _log().info("%s: up to date, skipped", d["id"])
-            continue
-        todo.append(d)
+        else:
+            todo.append(d)
 
-    total = len(items) + len(errors)
-    progress = _Progress(total, len(outcomes), _progress_callback())
+    # 2. submit at most max_in_flight items; 3. record each as it lands (a kill loses none)
+    progress = _Progress(len(items) + len(errors), len(outcomes), _progress_callback())
     completions, stop = Completions(), StopRequest()
     with stop.installed():
         while todo or completions.pending:
             while todo and not stop.requested and len(completions.pending) < max(1, max_in_flight):
                 d = todo.popleft()
-                fut = process_item.submit(pipeline, d["id"], d, output_dir, config,
-                                          progress.artifact_key, [progress.done, progress.total])
-                completions.add(fut, d)
+                completions.add(process_item.submit(pipeline, d["id"], d, output_dir, config, progress.artifact_key,
+                                                    [progress.done, progress.total]), d)
             if stop.requested and (not completions.pending or stop.out_of_time()):
                 break
             landed = completions.next()
             if landed is None:
                 continue
             fut, d = landed
-            fut.wait()  # the done callback can fire before the future's Prefect state is final
-            entry = {"config_hash": cfg_hash, "weights_sha256": config.get("weights_sha256")}
-            if not config.get("anonymize"):
-                entry["inputs"] = d["paths"]
-            if fut.state.is_completed():
-                entry.update(status="done", **fut.result())  # with the input_hash the task computed
-                _log().info("%s: done", d["id"])
-            else:
-                entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
-                _log().error("%s: %s", d["id"], entry["error"])
-            manifest.record(d["id"], entry)  # each item as soon as it lands (a kill loses none)
+            entry = _entry_of(fut, d, cfg_hash, config)
+            manifest.record(d["id"], entry)
             outcomes[d["id"]] = entry["status"]
             progress.advance(d["id"], entry["status"])
+
+    # 4. close the run: counts, report, artifacts
     unfinished = [d["id"] for d in todo] + [d["id"] for _, d in completions.pending.values()]
     extra = {"interrupted": stop.signal, "not_finished": len(unfinished)} if stop.requested else {}
     counts = manifest.finish(outcomes, **extra)
@@ -296,6 +261,42 @@ def run_flow(
         _log().warning("stopped by %s: %d items not finished (rerun with --resume)", stop.signal, len(unfinished))
     return {"counts": counts, "outcomes": outcomes, "output_dir": str(out), "interrupted": stop.signal,
             "not_finished": unfinished, "errors": _errors(manifest, outcomes)}
+
+
+def _open_manifest(pipe, out: Path, config: dict, resume: bool) -> tuple[RunManifest, str]:
+    """run.json opened (kept on resume) with this run's config and its hash."""
+    manifest = RunManifest.open(out, pipeline=pipe.name, command="run", resume=resume, packages=pipe.packages)
+    cfg_hash = config_hash(config, pipe.output_keys() + RUN_CONFIG_KEYS)
+    manifest.set(config=config, config_hash=cfg_hash, model=config.get("model"),
+                 device=config.get("device_info"), anonymized=bool(config.get("anonymize")),
+                 demo_weights=config.get("demo_weights"))
+    return manifest, cfg_hash
+
+
+def _up_to_date(pipe, manifest: RunManifest, d: dict, out: Path, cfg_hash: str, config: dict) -> bool:
+    """Resume's rule for one item; its inputs are hashed only to confirm a skip (every item that
+    runs hashes its own inside its task, so the first result comes at once)."""
+    fresh = manifest.up_to_date(d["id"], input_hash=lambda: hash_inputs(list(d["paths"].values())),
+                                cfg_hash=cfg_hash, weights_hash=config.get("weights_sha256"),
+                                outputs=pipe.expected_outputs(d["id"], out))
+    if fresh:
+        _log().info("%s: up to date, skipped", d["id"])
+    return fresh
+
+
+def _entry_of(fut, d: dict, cfg_hash: str, config: dict) -> dict:
+    """The manifest entry of a landed item: done with its outputs, or failed with the reason."""
+    fut.wait()  # the done callback can fire before the future's Prefect state is final
+    entry = {"config_hash": cfg_hash, "weights_sha256": config.get("weights_sha256")}
+    if not config.get("anonymize"):
+        entry["inputs"] = d["paths"]
+    if fut.state.is_completed():
+        entry.update(status="done", **fut.result())  # with the input_hash the task computed
+        _log().info("%s: done", d["id"])
+    else:
+        entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
+        _log().error("%s: %s", d["id"], entry["error"])
+    return entry
 
 
 def _errors(manifest: RunManifest, outcomes: dict[str, str]) -> dict[str, str]:

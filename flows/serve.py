@@ -1,6 +1,6 @@
 """``run-flow serve``: the run flow as a scheduled deployment on a real Prefect server.
 
-Each scheduled run plans the batch afresh and resumes, so finished cases are skipped
+Each scheduled run plans the batch afresh and resumes, so finished items are skipped
 and new ones processed. Ephemeral mode has no scheduler: this needs
 ``prefect server start`` and ``PREFECT_API_URL``.
 
@@ -13,10 +13,11 @@ as Prefect 3.8.8's did with SQLAlchemy 2.1, otherwise looks exactly like a quiet
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from prefect import flow
 
@@ -28,9 +29,31 @@ SCHEDULE_CHECK_SECONDS = 120.0
 
 
 @flow(name="imagingflows-scheduled")
-def scheduled_run(pipeline: str, input_dir: str, output_dir: str, options: dict) -> dict:
+def scheduled_run(pipeline: str, input_dir: str, output_dir: str, options: dict[str, Any],
+                  runner: str = "thread", workers: int = 1) -> dict:
+    """One scheduled batch: ``options`` are the pipeline's run options (the deployment's form
+    shows them typed, see :func:`parameter_schema`); always resumes."""
     plan = plan_run(pipeline, input_dir, output_dir, options)
-    return execute(plan, resume=True)
+    return execute(plan, resume=True, runner=runner, workers=workers)
+
+
+def parameter_schema(pipeline: str, base: dict) -> dict:
+    """The deployment's parameter schema with ``options`` typed by the pipeline's run options.
+
+    ``base``: Prefect's schema of :func:`scheduled_run` (``options`` is a plain object there); the
+    UI then shows a form with each option's type, default, bounds and help.
+    """
+    from imagingflows.pipelines.base import get_pipeline
+
+    typed = get_pipeline(pipeline).run_options.model_json_schema()
+    schema = json.loads(json.dumps(base))
+    props = schema["properties"]
+    props["pipeline"].update(enum=[pipeline], readOnly=True)
+    position = props["options"].get("position")
+    props["options"] = {**typed, "title": "options", "position": position,
+                        "description": f"Options of the {pipeline} pipeline (run-flow {pipeline} --help)."}
+    schema.setdefault("definitions", {}).update(typed.pop("$defs", {}))
+    return schema
 
 
 def check_cron(cron: str) -> None:
@@ -95,30 +118,45 @@ def watch_schedule(deployment_id, name: str, say: Callable[[str], None], *,
 
 
 def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str, name: str, options: dict,
-                   say: Callable[[str], None] = print) -> None:
+                   runner: str = "thread", workers: int = 1, say: Callable[[str], None] = print) -> None:
     """Register ``imagingflows-scheduled/<pipeline>-<name>`` with the cron schedule and serve it (blocks).
 
-    Raises :class:`UsageError` (before registering anything) for an invalid cron, no
+    Raises :class:`UsageError` (before registering anything) for invalid options or cron, no
     ``PREFECT_API_URL``, or no server answering there.
     """
     from prefect.runner import Runner
 
+    from imagingflows.flows.runners import make_task_runner
+    from imagingflows.pipelines.base import get_pipeline
+    from imagingflows.pipelines.options import OptionError
+
+    try:
+        options = get_pipeline(pipeline).run_config(options)  # checked now, not at 2 a.m.
+    except (OptionError, ValueError) as e:
+        raise UsageError(f"{pipeline}: {e}") from e
+    make_task_runner(runner, workers)  # a bad --runner is refused now too
     check_cron(cron)
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:
         raise UsageError("schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
                          "(the embedded ephemeral mode has no scheduler)")
     check_server(api_url)
+    from prefect.utilities.callables import ParameterSchema
+
     deployment = scheduled_run.to_deployment(
         name=f"{pipeline}-{name}", cron=cron,
-        parameters={"pipeline": pipeline, "input_dir": input_dir, "output_dir": output_dir, "options": options},
+        parameters={"pipeline": pipeline, "input_dir": input_dir, "output_dir": output_dir, "options": options,
+                    "runner": runner, "workers": workers},
     )
-    runner = Runner(name=f"imagingflows-{pipeline}-{name}", pause_on_shutdown=False)
-    deployment_id = runner.add_deployment(deployment)
+    # Prefect derives the schema from the signature, where options is a dict; no public setter
+    deployment._parameter_openapi_schema = ParameterSchema(
+        **parameter_schema(pipeline, deployment._parameter_openapi_schema.model_dump()))
+    served = Runner(name=f"imagingflows-{pipeline}-{name}", pause_on_shutdown=False)
+    deployment_id = served.add_deployment(deployment)
     full_name = f"imagingflows-scheduled/{pipeline}-{name}"
     say(f"serving {full_name} on '{cron}' (Ctrl-C stops)")
     threading.Thread(target=watch_schedule, args=(deployment_id, full_name, say), daemon=True).start()
     try:
-        asyncio.run(runner.start())
+        asyncio.run(served.start())
     except KeyboardInterrupt:
         pass

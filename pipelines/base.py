@@ -7,51 +7,134 @@ with paths and small JSON configs.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+from imagingflows.pipelines.options import Options, TrainOptions
+from imagingflows.tasks.ingest import Item
+
+#: ``(input_dir, config) -> (items, [(item_id, error message)])``
+Discover = Callable[[Path, dict], tuple[list[Item], list[tuple[str, str]]]]
+#: ``options config -> resolved config`` (adds ``model``, ``weights_sha256``; raises when nothing can run)
+Prepare = Callable[[dict], dict]
+#: ``(item, out_dir, resolved config) -> manifest entry`` with ``outputs`` and ``summary``
+Process = Callable[[Item, Path, dict], dict]
+#: ``(item_id, out_dir) -> [paths]`` that must exist for an item to count as done
+ExpectedOutputs = Callable[[str, Path], list[Path]]
+#: ``(prediction path, reference path, evaluate config) -> {metric: value}``
+Evaluate = Callable[[str, str, Any], dict]
+#: ``(folder, item_id) -> path or None``
+Find = Callable[[Path, str], Path | None]
+#: ``(data_dir or None, run_dir, train config) -> summary`` with ``history``, ``model``, ``split``,
+#: ``result`` (what run.json records) and ``headline`` (one line for the terminal)
+Train = Callable[[Path | None, Path, dict], dict]
+
+
+def run_folder_items(pred_dir: Path) -> list[str]:
+    """Default ``list_predictions``: the items a run recorded as done in ``pred_dir/run.json``."""
+    path = Path(pred_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"{pred_dir} has no run.json: give the output folder of a `run-flow` batch")
+    items = json.loads(path.read_text()).get("items") or {}
+    return sorted(k for k, v in items.items() if v.get("status") == "done")
+
+
+def find_file(folder: Path, item_id: str) -> Path | None:
+    """Default ``find_prediction`` / ``find_reference``: ``folder/<item_id>`` when it is a file."""
+    path = Path(folder) / item_id
+    return path if path.is_file() else None
+
+
+def scrub_paths(message: str, paths: dict[str, str] | None = None) -> str:
+    """Default ``scrub``: replace an item's input paths, file names and folder in ``message``."""
+    for role, p in sorted((paths or {}).items(), key=lambda kv: -len(kv[1])):
+        message = message.replace(p, f"<{role} input>").replace(Path(p).name, f"<{role} file>")
+        message = message.replace(str(Path(p).parent), "<case folder>")
+    return re.sub(r"\b\d+(?:\.\d+){3,}\b", "<uid>", message)  # DICOM-style UIDs
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """Hooks of one domain pipeline.
+    """The contract of one domain pipeline: typed options and hooks; flows call only these.
+
+    Required: ``name``, ``description``, ``discover``, ``prepare``, ``process``,
+    ``expected_outputs``. Everything else has a default, so a minimal pipeline is a few
+    functions in one file (see the README, "Adding a pipeline").
 
     Attributes:
-        discover: ``(input_dir, config) -> (items, [(item_id, error message)])``.
-        prepare: ``config -> resolved config``; loads/validates the model once (raises
-            ``CheckpointError`` / ``ValueError`` when nothing can run) and adds
-            ``model`` (description) and ``weights_sha256``.
-        process: ``(item, out_dir, resolved config) -> manifest entry`` with
-            ``outputs`` (paths relative to ``out_dir``) and ``summary``.
-        expected_outputs: ``(item_id, out_dir) -> [paths]`` that must exist for resume.
-        output_config_keys: config keys that change outputs (their hash keys resume).
-        evaluate: ``(prediction path, reference path, config) -> metrics dict``.
-        find_prediction / find_reference: locate a case's files in a folder.
-        metric_conventions: text stating how metrics are computed, or ``config -> text``.
-        train: ``(data_dir, run_dir, config) -> training summary``.
-        list_predictions: ``pred_dir -> [item ids]`` to score in a predictions folder; None: one
-            folder or ``<case>_seg`` file per case (the segment layout).
-        evaluate_config: ``(pred_dir, options) -> config`` passed to ``evaluate`` (raises
-            ``ValueError`` when scoring cannot start); None: the options as given.
-        packages: distributions whose versions run.json records besides the core ones
-            (those the pipeline's outputs depend on: readers, writers, model libraries).
+        run_options: the options of ``run-flow <name>`` (an :class:`Options` model); fields marked
+            ``output=True`` key resume.
+        derived_output_keys: keys ``prepare`` adds from the model that change outputs (the
+            channels a checkpoint takes, the precision ``auto`` resolved to); hashed with the fields.
+        cleanup: ``(item_id, out_dir)``, called when an item failed, removes what it wrote
+            (default: its expected outputs, or its own folder; never the output folder).
+        scrub: ``(message, item paths) -> message`` under anonymize (default: input paths and names).
+        evaluate: scores one prediction; None: no ``run-flow evaluate <name>``.
+        list_predictions: ``pred_dir -> [item ids]`` to score (default: the items done in its run.json).
+        find_prediction / find_reference: locate an item's files (default: ``folder/<item_id>``).
+        references_in_input: True when the input folder holds the references too, so
+            ``evaluate --input X`` scores against ``X`` unless ``--reference`` says otherwise.
+        evaluate_config: ``(pred_dir, options) -> config`` for ``evaluate`` (raises ``ValueError`` when
+            scoring cannot start); default: the options as given.
+        metric_conventions: how metrics are computed (text, or ``config -> text``).
+        train / train_options: the training hook and its options; None: no ``run-flow train <name>``.
+        packages: distributions whose versions run.json records besides the core ones.
     """
 
     name: str
     description: str
-    discover: Callable
-    prepare: Callable
-    process: Callable
-    expected_outputs: Callable
-    output_config_keys: tuple[str, ...]
-    evaluate: Callable
-    find_prediction: Callable
-    find_reference: Callable
-    metric_conventions: str | Callable[[dict | None], str]
-    train: Callable
-    list_predictions: Callable | None = None
-    packages: tuple[str, ...] = ()
-    evaluate_config: Callable | None = None
+    discover: Discover
+    prepare: Prepare
+    process: Process
+    expected_outputs: ExpectedOutputs
+    run_options: type[Options] = Options
+    derived_output_keys: tuple[str, ...] = ()
+    cleanup: Callable[[str, Path], None] | None = None
+    scrub: Callable[[str, dict[str, str] | None], str] = scrub_paths
+    evaluate: Evaluate | None = None
+    list_predictions: Callable[[Path], list[str]] = run_folder_items
+    find_prediction: Find = find_file
+    find_reference: Find = find_file
+    references_in_input: bool = False
+    evaluate_config: Callable[[Path, dict], Any] | None = None
+    metric_conventions: str | Callable[[Any], str] = ""
+    train: Train | None = None
+    train_options: type[TrainOptions] | None = None
+    packages: tuple[str, ...] = field(default=())
+
+    def output_keys(self) -> tuple[str, ...]:
+        """Config keys whose values key resume: the output fields, then the derived keys."""
+        return tuple(dict.fromkeys(self.run_options.output_fields() + self.derived_output_keys))
+
+    def run_config(self, options: dict) -> dict:
+        """Validated run options as the flows' JSON config (raises ``OptionError``)."""
+        return self.run_options.parse(options).to_config()
+
+    def remove_failed(self, item_id: str, out_dir: Path) -> None:
+        """Delete what a failed item wrote (the ``cleanup`` hook, else its expected outputs)."""
+        if self.cleanup is not None:
+            self.cleanup(item_id, out_dir)
+            return
+        out = Path(out_dir).resolve()
+        for path in self.expected_outputs(item_id, out_dir):
+            path = Path(path)
+            owned = path.parent.resolve()
+            if item_id and owned != out and out in owned.parents and owned.name == item_id:
+                shutil.rmtree(owned, ignore_errors=True)  # the item's own folder (segment's <case>/)
+            elif path.is_file() and out in path.resolve().parents:
+                path.unlink(missing_ok=True)
+
+    def conventions(self, config: Any) -> str:
+        text = self.metric_conventions
+        return text(config) if callable(text) else text
+
+
+#: names a pipeline cannot take: they are the CLI's own commands
+RESERVED_NAMES = ("train", "evaluate", "serve", "export", "models")
 
 
 _PIPELINES: dict[str, Callable[[], Pipeline]] = {}
@@ -59,6 +142,8 @@ _PIPELINES: dict[str, Callable[[], Pipeline]] = {}
 
 def register(name: str, factory: Callable[[], Pipeline]) -> None:
     """Add a pipeline under ``name``; a second, different factory for a name is an error naming both."""
+    if name in RESERVED_NAMES:
+        raise ValueError(f"pipeline name {name!r} is taken by the command `run-flow {name}` ({_where(factory)})")
     existing = _PIPELINES.get(name)
     if existing is not None and existing is not factory:
         raise ValueError(f"pipeline {name!r} is registered twice: by {_where(existing)} and by {_where(factory)}")

@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines.base import Pipeline, scrub_paths
+from imagingflows.pipelines.medical_options import SegmentRun, SegmentTrain
+from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.tasks.preprocess import ModelFrame, from_model_frame, normalize_nonzero, to_model_frame
 from imagingflows.tasks.ingest import NIFTI_SUFFIXES, InputError, Item, Volume, read_volume, strip_nifti_suffix
 
@@ -62,10 +64,8 @@ DEMO_TRAINED_ON = (
     "says nothing about real scans; see models/weights/MODEL_CARD.md"
 )
 
-OUTPUT_CONFIG_KEYS = (
-    "axcodes", "spacing", "roi", "overlap", "blend", "threshold", "labels", "sw_batch_size",
-    "model_overrides", "channels", "precision", "crop_foreground", "skip_empty", "save_probabilities",
-)
+#: keys prepare adds from the model that change outputs (the option fields are hashed too)
+DERIVED_OUTPUT_KEYS = ("channels", "blend", "threshold", "model_overrides")
 
 
 # ----------------------------------------------------------------------------- discover
@@ -170,64 +170,37 @@ def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str,
 # ----------------------------------------------------------------------------- model profile
 
 def prepare(config: dict) -> dict:
-    """Load the model once (fails early on a bad checkpoint) and resolve the model frame."""
-    from imagingflows.models import cached_model
+    """Run options (:class:`SegmentRun`) -> resolved config: the model loaded once (fails early on a
+    bad checkpoint), its frame (orientation, spacing, ROI, channels) and precision resolved."""
     from imagingflows.models.backend import demo_weights
     from imagingflows.models.sliding_window import resolve_precision
 
-    cfg = dict(config)
-    bundled = demo_weights("swin_unetr_brats")
-    weights = cfg.get("weights") or str(bundled)
-    if Path(weights).resolve() == Path(bundled).resolve():  # also when --weights names the bundled file
-        cfg["demo_weights"] = {"file": Path(bundled).name, "trained_on": DEMO_TRAINED_ON}
-    overrides = {k: v for k, v in (cfg.get("model_overrides") or {}).items() if v is not None}
-    lm = cached_model(weights, cfg.get("arch"), trust=bool(cfg.get("trust_checkpoint")),
-                      device=cfg.get("device", "cpu"), **overrides)
-    if lm.spec.spatial_dims != 3:
-        raise ValueError(f"{weights}: {lm.spec.name} is a {lm.spec.spatial_dims}D model; segment needs a 3D one")
+    cfg = SegmentRun.parse(config).to_config()
+    overrides = {"patch_merging": cfg["patch_merging"]} if cfg["patch_merging"] else {}
+    lm = resolve_model(cfg, pipeline="segment", demo=lambda: demo_weights("swin_unetr_brats"), trained_on=DEMO_TRAINED_ON,
+                       spatial_dims=3, overrides=overrides)
     profile = {**FOREIGN_PROFILE, **(lm.meta.get("profile") or {})}
     for key in ("axcodes", "spacing", "roi"):
         if cfg.get(key) is not None:
             profile[key] = cfg[key]
     channels = profile["channels"]
     if len(channels) != lm.config.get("in_channels", len(channels)):
-        raise ValueError(f"{weights}: model takes {lm.config['in_channels']} channels but profile lists {channels}")
+        raise ValueError(f"{cfg['weights']}: model takes {lm.config['in_channels']} channels but profile lists "
+                         f"{channels}")
     cfg.update(
-        weights=weights,
-        weights_sha256=lm.weights_sha256,
-        model=lm.describe(),
         axcodes=profile["axcodes"],
         spacing=list(profile["spacing"]) if profile["spacing"] else None,
         roi=list(profile["roi"]),
         channels=list(channels),
-        model_overrides=overrides,
+        blend="gaussian",
+        threshold=0.5,
     )
-    cfg.setdefault("overlap", 0.5)
-    cfg.setdefault("blend", "gaussian")
-    cfg.setdefault("threshold", 0.5)
-    cfg.setdefault("labels", "2021")
-    cfg.setdefault("sw_batch_size", 1)
     # auto is resolved here, once, so run.json and the config hash name the path that ran
-    cfg["precision"] = resolve_precision(cfg.get("precision") or "auto", lm.device)
-    cfg.setdefault("crop_foreground", True)  # windows only over the brain's bounding box
-    cfg.setdefault("skip_empty", True)  # an all-background window is not run
+    cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
     multiple = lm.spec.size_multiple
     if any(int(r) % multiple or int(r) < lm.spec.min_size for r in cfg["roi"]):
         raise ValueError(f"roi {cfg['roi']} must be multiples of {multiple} and >= {lm.spec.min_size}")
-    if not 0 <= float(cfg["overlap"]) < 1:
-        raise ValueError(f"overlap must be >= 0 and < 1, got {cfg['overlap']}")
-    if int(cfg["sw_batch_size"]) < 1:
-        raise ValueError(f"sw_batch_size must be >= 1, got {cfg['sw_batch_size']}")
-    if cfg["labels"] not in LABEL_CONVENTIONS:
-        raise ValueError(f"labels must be one of {sorted(LABEL_CONVENTIONS)}, got {cfg['labels']!r}")
     return cfg
-
-
-def _model(cfg: dict):
-    from imagingflows.models import cached_model
-
-    return cached_model(cfg["weights"], cfg.get("arch"), trust=bool(cfg.get("trust_checkpoint")),
-                        device=cfg.get("device", "cpu"), **(cfg.get("model_overrides") or {}))
 
 
 # ----------------------------------------------------------------------------- read
@@ -346,7 +319,7 @@ def predict_regions(vols: list[Volume], cfg: dict) -> tuple[np.ndarray, dict]:
     img, geo = to_model_frame(stack, vols[0].affine, frame)
     x = normalize_nonzero(img)
     probs, run = predict_volume(
-        _model(cfg), x.as_tensor()[None].float(), cfg["roi"], overlap=cfg["overlap"],
+        model_of(cfg), x.as_tensor()[None].float(), cfg["roi"], overlap=cfg["overlap"],
         sw_batch_size=cfg["sw_batch_size"], blend=cfg["blend"], postprocess=torch.sigmoid,
         precision=cfg.get("precision", "fp32"), crop_foreground=bool(cfg.get("crop_foreground")),
         skip_empty=bool(cfg.get("skip_empty")),
@@ -373,8 +346,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
         check_distinct(item.id, channels, vols)
     warnings = intensity_warnings(channels, vols)
     t_read = time.perf_counter()
-    if _model(cfg).weights_sha256 != cfg.get("weights_sha256"):
-        raise RuntimeError(f"weights file {cfg['weights']} changed during the run; rerun to use the new weights")
+    model_of(cfg)  # refuses weights replaced on disk since the batch started
     probs, inference = predict_regions(vols, cfg)
     t_infer = time.perf_counter()
     brain = np.any(np.stack([v.array != 0 for v in vols]), axis=0)
@@ -534,6 +506,23 @@ def _train(data_dir: Path, run_dir: Path, config: dict) -> dict:
     return train(data_dir, run_dir, config)
 
 
+def list_cases(pred_dir: Path) -> list[str]:
+    """Case ids of predictions: one folder per case (our output tree) or loose ``<case>_seg`` files."""
+    ids = {p.name for p in Path(pred_dir).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    for p in Path(pred_dir).glob("*.nii*"):
+        stem = p.name.split(".nii")[0]
+        for suffix in SEG_SUFFIXES:
+            if stem.endswith(suffix):
+                ids.add(stem[: -len(suffix)])
+    return sorted(ids)
+
+
+def scrub(message: str, paths: dict[str, str] | None = None) -> str:
+    """Under anonymize: input paths and names, DICOM UIDs and any NIfTI/DICOM file name."""
+    message = scrub_paths(message, paths)
+    return re.sub(r"[^\s,:;'\"()]+\.(?:nii(?:\.gz)?|dcm)\b", "<file>", message)
+
+
 def pipeline() -> Pipeline:
     return Pipeline(
         name="segment",
@@ -542,11 +531,16 @@ def pipeline() -> Pipeline:
         prepare=prepare,
         process=process,
         expected_outputs=expected_outputs,
-        output_config_keys=OUTPUT_CONFIG_KEYS,
+        run_options=SegmentRun,
+        derived_output_keys=DERIVED_OUTPUT_KEYS,
+        scrub=scrub,
         evaluate=evaluate_case,
-        find_prediction=lambda folder, case_id: find_seg(folder, case_id),
-        find_reference=lambda folder, case_id: find_seg(folder, case_id),
+        list_predictions=list_cases,
+        find_prediction=find_seg,
+        find_reference=find_seg,
+        references_in_input=True,
         metric_conventions=METRIC_CONVENTIONS,
         train=_train,
+        train_options=SegmentTrain,
         packages=("monai", "nibabel", "pydicom", "scipy"),
     )

@@ -47,11 +47,14 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines.model_ref import model_of, resolve_model
+from imagingflows.pipelines.restoration_options import RestoreRun, RestoreTrain
 from imagingflows.tasks.collapse import check_collapse, collapse_reason  # noqa: F401 - collapse_reason: API
 from imagingflows.tasks.ingest import InputError, Item
 
@@ -79,10 +82,9 @@ PREVIEW_MIN = 192  # smaller crops are enlarged (nearest) to at least this side
 WHOLE_BUDGET_BYTES = 2 * 1024 ** 3
 NAFNET_BYTES_PER_PIXEL_AND_WIDTH = 32
 
-OUTPUT_CONFIG_KEYS = (
-    "task", "scale", "tile", "overlap", "whole_max_pixels", "pool_passes", "precision", "precision_requested",
-    "model_overrides", "arch", "white_level",
-)
+#: keys prepare adds or resolves that change outputs (the option fields are hashed too): an explicit
+#: bf16 also runs 16-bit images in bf16, where auto keeps them fp32
+DERIVED_OUTPUT_KEYS = ("precision_requested", "model_overrides", "model_channels")
 MODE_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
 
 
@@ -207,93 +209,55 @@ def _checkpoint_arch(weights: str, trust: bool) -> str:
     return ckpt.arch or REGISTRY.detect(ckpt.state_dict).name
 
 
-def _int_option(cfg: dict, key: str, least: int) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise ValueError(f"{key} must be an integer >= {least}, got {value!r}")
-    return int(value)
-
-
 def prepare(config: dict) -> dict:
-    """Check the task, load the model once (fails early on a wrong checkpoint), resolve the options."""
-    from imagingflows.models import cached_model
+    """Run options (:class:`RestoreRun`) -> resolved config: the model loaded once (fails early on a
+    wrong checkpoint for the task), scale, channels, whole-image budget and precision resolved."""
     from imagingflows.models.sliding_window import resolve_precision
 
-    cfg = dict(config)
-    task = cfg.get("task")
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)} (--task), got {task!r}")
-    if cfg.get("anonymize"):
-        raise ValueError("restore does not anonymise: its item ids are the input file paths")
-    scale = cfg.get("scale")
-    if task != "sr" and scale not in (None, 1):
-        raise ValueError(f"--scale {scale} applies to --task sr only; {task} keeps the image size")
-    trust = bool(cfg.get("trust_checkpoint"))
-    weights = str(cfg["weights"]) if cfg.get("weights") else _demo_weights(task, int(scale or DEFAULT_SR_SCALE))
-    if not cfg.get("weights"):
-        cfg["demo_weights"] = {"file": Path(weights).name, "trained_on": DEMO_TRAINED_ON}
-    overrides = {k: v for k, v in (cfg.get("model_overrides") or {}).items() if v is not None}
-    local = cfg.get("nafnet_local")
-    if local is not None:
-        local = [int(v) for v in local]
-        if len(local) != 2 or not (min(local) >= 1 or local == [0, 0]):
+    cfg = RestoreRun.parse(config).to_config()
+    task, scale = cfg["task"], cfg["scale"]
+    demo = partial(_demo_weights, task, int(scale or DEFAULT_SR_SCALE))
+    overrides = {}
+    if cfg["nafnet_local"] is not None:
+        local = [int(v) for v in cfg["nafnet_local"]]
+        if not (min(local) >= 1 or local == [0, 0]):
             raise ValueError(f"--nafnet-local takes the training patch size H W (or 0 0 for plain NAFNet), "
                              f"got {local}")
-        arch = cfg.get("arch") or _checkpoint_arch(weights, trust)
+        weights = cfg["weights"] or demo()
+        arch = cfg["arch"] or _checkpoint_arch(weights, bool(cfg["trust_checkpoint"]))
         if arch != "nafnet":
             raise ValueError(f"--nafnet-local applies to NAFNet checkpoints; {weights} is a "
                              f"{ {'hat': 'HAT'}.get(arch, arch)} checkpoint")
         overrides["local_train_size"] = None if local == [0, 0] else local  # None: global pooling
-    lm = cached_model(weights, cfg.get("arch"), trust=trust, device=cfg.get("device", "cpu"), **overrides)
+    lm = resolve_model(cfg, pipeline="restore", demo=demo, trained_on=DEMO_TRAINED_ON, spatial_dims=2,
+                       overrides=overrides)
     want = TASK_ARCH[task]
     if lm.spec.name != want:
         what = {"hat": f"a HAT super-resolution x{lm.config.get('upscale')} model",
                 "nafnet": "a NAFNet (denoise/deblur) model"}.get(lm.spec.name, f"a {lm.spec.name} model")
-        raise ValueError(f"{weights} is {what}; --task {task} needs a {'HAT' if want == 'hat' else 'NAFNet'} "
+        raise ValueError(f"{cfg['weights']} is {what}; --task {task} needs a {'HAT' if want == 'hat' else 'NAFNet'} "
                          "checkpoint")
-    if lm.spec.spatial_dims != 2:
-        raise ValueError(f"{weights}: {lm.spec.name} is a {lm.spec.spatial_dims}D model; restore needs a 2D one")
     if task == "sr":
         upscale = lm.spec.scale_of(lm.config)
         if scale is not None and int(scale) != upscale:
-            raise ValueError(f"{weights} is a HAT x{upscale} model but --scale {scale} was given; "
+            raise ValueError(f"{cfg['weights']} is a HAT x{upscale} model but --scale {scale} was given; "
                              f"pass --scale {upscale} or weights for x{scale}")
         scale = upscale
     else:
         scale = 1
-    channels = lm.spec.channels_of(lm.config) or 3
-    cfg.update(
-        task=task, scale=scale, weights=weights, weights_sha256=lm.weights_sha256, model=lm.describe(),
-        model_overrides=overrides, model_channels=channels,
-    )
-    for key, default, least in (("tile", 512, 1), ("overlap", 32, 0), ("pool_passes", 1, 0)):
-        cfg[key] = _int_option({key: default if cfg.get(key) is None else cfg[key]}, key, least)
+    cfg.update(scale=scale, model_channels=lm.spec.channels_of(lm.config) or 3)
     if cfg["tile"] <= 2 * cfg["overlap"]:
         raise ValueError(f"--tile ({cfg['tile']}) must be larger than twice --overlap ({cfg['overlap']})")
     if lm.spec.whole_image_pooling:  # whole when it fits: tiles only approximate its whole-image pools
-        if cfg.get("whole_max_pixels") is None:  # what fits the budget for this width
+        if cfg["whole_max_pixels"] is None:  # what fits the budget for this width
             width = int(lm.config.get("width") or 32)
             cfg["whole_max_pixels"] = WHOLE_BUDGET_BYTES // (NAFNET_BYTES_PER_PIXEL_AND_WIDTH * width)
-        cfg["whole_max_pixels"] = _int_option(cfg, "whole_max_pixels", 0)
     else:
         cfg["whole_max_pixels"] = None  # local operators (HAT): always tiles, memory bounded by the tile
     # auto is resolved here, once, so run.json and the config hash name the path that ran
-    if not isinstance(cfg.get("collapse_check", True), bool):
-        raise ValueError(f"collapse_check must be True or False, got {cfg['collapse_check']!r}")
-    if cfg.get("white_level") is not None:
-        cfg["white_level"] = _int_option(cfg, "white_level", 1)
-        if cfg["white_level"] > 65535:
-            raise ValueError(f"--white-level {cfg['white_level']} is above 65535, the largest 16-bit value")
-    cfg["precision_requested"] = cfg.get("precision") or "auto"
-    cfg["precision"] = resolve_precision(cfg["precision_requested"], lm.device)
+    cfg["precision_requested"] = cfg["precision"]
+    cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
     return cfg
-
-
-def _model(cfg: dict):
-    from imagingflows.models import cached_model
-
-    return cached_model(cfg["weights"], cfg.get("arch"), trust=bool(cfg.get("trust_checkpoint")),
-                        device=cfg.get("device", "cpu"), **(cfg.get("model_overrides") or {}))
 
 
 def _channel_adapter(net, model_channels: int, image_channels: int):
@@ -347,7 +311,7 @@ def restore_array(color: np.ndarray, cfg: dict, white_level: int | None = None) 
     """
     from imagingflows.models.tiling import predict_tiles
 
-    lm = _model(cfg)
+    lm = model_of(cfg)
     net, note = _channel_adapter(lm.module, int(cfg["model_channels"]), int(color.shape[2]))
     notes = [note] if note else []
     precision = cfg.get("precision", "fp32")
@@ -389,11 +353,9 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
     from imagingflows.tasks.image_io import fewer_bits_hint, merge_alpha, read_image, white_level, write_image
 
     t0 = time.perf_counter()
-    lm = _model(cfg)
+    lm = model_of(cfg)  # refuses weights replaced on disk since the batch started
     img = read_image(item.paths["image"], min_size=lm.spec.min_size)
     t_read = time.perf_counter()
-    if lm.weights_sha256 != cfg.get("weights_sha256"):
-        raise RuntimeError(f"weights file {cfg['weights']} changed during the run; rerun to use the new weights")
     scale = int(cfg["scale"])
     color, alpha = img.color, img.alpha
     level, level_why = white_level(img, cfg.get("white_level"))
@@ -693,12 +655,14 @@ def pipeline() -> Pipeline:
         prepare=prepare,
         process=process,
         expected_outputs=expected_outputs,
-        output_config_keys=OUTPUT_CONFIG_KEYS,
+        run_options=RestoreRun,
+        derived_output_keys=DERIVED_OUTPUT_KEYS,
         evaluate=evaluate_image,
         find_prediction=find_prediction,
         find_reference=find_reference,
         metric_conventions=metric_conventions,
         train=_train,
+        train_options=RestoreTrain,
         list_predictions=list_predictions,
         evaluate_config=evaluate_config,
         packages=("pillow", "tifffile", "scikit-image", "kornia"),

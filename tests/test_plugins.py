@@ -56,6 +56,42 @@ def test_a_plugin_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch, fresh
     assert procs["counts"]["done"] == 2 and (tmp_path / "procs" / "a.txt").read_text() == "HELLO"
 
 
+def test_a_plugin_gets_every_command_from_its_declarations(tmp_path, monkeypatch, fresh_registry):
+    from typer.testing import CliRunner
+
+    from imagingflows.flows.cli import build_app
+
+    _install(tmp_path / "site", "toy = toy_pipeline:pipeline")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "a.txt").write_text("hello")
+    cli = CliRunner()
+
+    def run(*args: str):
+        return cli.invoke(build_app(), [str(a) for a in args])
+
+    assert "--shout" in run("toy", "--help").output and "--no-shout" in run("toy", "--help").output
+    done = run("toy", "-i", inp, "-o", out, "--quiet")
+    assert done.exit_code == 0 and (out / "a.txt").read_text() == "HELLO", done.output
+    assert run("toy", "-i", inp, "-o", out, "--resume", "--quiet").exit_code == 0
+    assert json.loads((out / "run.json").read_text())["summary"]["skipped"] == 1
+    quiet = run("toy", "-i", inp, "-o", out, "--resume", "--no-shout", "--quiet")  # an output field: redone
+    assert quiet.exit_code == 0 and (out / "a.txt").read_text() == "hello"
+    assert run("toy", "-i", inp, "-o", out, "--resume", "--no-collapse-check", "--no-shout", "-q").exit_code == 0
+    assert json.loads((out / "run.json").read_text())["summary"]["skipped"] == 1  # not an output field: kept
+
+    trained = run("train", "toy", "--data", inp, "-o", tmp_path / "run")
+    assert trained.exit_code == 0 and "train toy: learnt nothing from" in trained.output, trained.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["data_sha256"]
+    scored = run("evaluate", "toy", "--predictions", out, "--reference", inp, "-o", tmp_path / "ev")
+    assert scored.exit_code == 0 and "mean: equal 1" in scored.output, scored.output
+    served = run("serve", "toy", "-i", inp, "-o", out, "--cron", "every night")
+    assert served.exit_code == 2 and "invalid --cron 'every night'" in served.output
+    typo = run("train", "tyo", "--data", inp)
+    assert typo.exit_code == 2 and "unknown pipeline 'tyo'. Did you mean 'toy'?" in typo.output
+
+
 def test_a_plugin_taking_a_builtin_name_is_refused_naming_both(tmp_path, monkeypatch, fresh_registry):
     _install(tmp_path / "site", "segment = toy_pipeline:pipeline")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))

@@ -310,7 +310,7 @@ def test_constant_images_give_finite_float_outputs(weights):
     """No NaN/inf anywhere in the networks for an all-black or all-white image (uint casting would hide them)."""
     for key, task, extra in (("nafnet", "denoise", DENOISE_OPTS), ("hat_x2", "sr", SR_OPTS)):
         cfg = restoration.prepare({"task": task, "weights": str(weights[key]), **extra})
-        lm = restoration._model(cfg)
+        lm = restoration.model_of(cfg)
         net, grid = lm.module, lm.spec.grid_of(lm.config)
         for value in (0.0, 1.0):
             for whole in (0, None):  # tiled (NAFNet: whole-image means measured first) and one forward

@@ -41,7 +41,7 @@ def test_the_servers_scheduler_creates_and_completes_a_run(tmp_path):
     with prefect_server(tmp_path / "server") as url:
         serve = subprocess.Popen(
             [str(BIN / "run-flow"), "serve", "restore", "--task", "denoise", "--cron", "* * * * *",
-             "-i", str(images), "-o", str(out), "--name", "every-minute"],
+             "-i", str(images), "-o", str(out), "--name", "every-minute", "--tile", "256", "--workers", "2"],
             env=server_env(tmp_path / "client", PREFECT_API_URL=url), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -49,6 +49,8 @@ def test_the_servers_scheduler_creates_and_completes_a_run(tmp_path):
             while time.monotonic() < deadline and not runs and serve.poll() is None:
                 time.sleep(3)
                 runs = _completed_runs(url, "imagingflows-scheduled/restore-every-minute")
+            deployment = httpx.get(f"{url}/deployments/name/imagingflows-scheduled/restore-every-minute",
+                                   timeout=10).json()
         finally:
             stop_group(serve)
         said = serve.stdout.read()
@@ -59,6 +61,12 @@ def test_the_servers_scheduler_creates_and_completes_a_run(tmp_path):
     assert "warning: after 3 s the server has created no scheduled runs for nothing/here" in silent
     manifest = json.loads((out / "run.json").read_text())
     assert {k: v["status"] for k, v in manifest["items"].items()} == {"img0.png": "done", "img1.png": "done"}
+    assert manifest["config"]["tile"] == 256 and manifest["device"]["workers"] == 2  # every run option travels
+    # the server holds a typed form for the options (what the UI shows), not a bare object
+    form = deployment["parameter_openapi_schema"]["properties"]["options"]["properties"]
+    assert form["tile"]["type"] == "integer" and form["tile"]["default"] == 512
+    assert form["task"]["enum"] == ["denoise", "deblur", "sr"]
+    assert deployment["parameters"]["options"]["task"] == "denoise" and deployment["parameters"]["workers"] == 2
 
 
 def _watch_a_deployment_without_runs(url: str) -> str:

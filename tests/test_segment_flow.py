@@ -25,7 +25,8 @@ import pytest
 
 from imagingflows.flows import segment
 from imagingflows.flows.run import RUN_CONFIG_KEYS
-from imagingflows.pipelines.medical import MODEL_CHANNELS, OUTPUT_CONFIG_KEYS, discover
+from imagingflows.pipelines.base import get_pipeline
+from imagingflows.pipelines.medical import MODEL_CHANNELS, discover
 from imagingflows.tasks.manifest import config_hash
 
 RUN_FLOW = Path(sys.executable).with_name("run-flow")
@@ -145,7 +146,7 @@ def test_end_to_end_manifest(e2e):
     for pkg in ("torch", "monai", "prefect"):
         assert run["versions"].get(pkg), pkg
     assert isinstance(run["config"], dict) and run["config"]["labels"] == "2021"
-    assert run["config_hash"] == config_hash(run["config"], OUTPUT_CONFIG_KEYS + RUN_CONFIG_KEYS)
+    assert run["config_hash"] == config_hash(run["config"], get_pipeline("segment").output_keys() + RUN_CONFIG_KEYS)
     assert run["model"]["weights_sha256"] == _sha256(e2e["weights"])
     assert set(run["items"]) == {"case00", "case01"}
     for case, entry in run["items"].items():

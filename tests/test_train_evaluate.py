@@ -33,7 +33,7 @@ def test_train_writes_checkpoints_curve_and_resumes(make_cases, tmp_path):
     data = make_cases(2, seed=0)
     make_cases(1, seed=2, folder="cases", naming="2023", labels="2023")  # 2023 labels detected from values
     run = tmp_path / "run"
-    first = train_pipeline("segment", data, run, TRAIN)
+    first = train_pipeline("segment", data=data, output=run, **TRAIN)
     assert first["epochs_done"] == 1
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file() and (run / "training_curve.png").is_file()
     manifest = json.loads((run / "run.json").read_text())
@@ -44,7 +44,7 @@ def test_train_writes_checkpoints_curve_and_resumes(make_cases, tmp_path):
     _assert_2023_labels_detected(data, "case02", lm.meta["profile"])
     before = {k: v.clone() for k, v in lm.module.state_dict().items()}
 
-    second = train_pipeline("segment", data, run, {**TRAIN, "epochs": 2})  # resumes from last.pt
+    second = train_pipeline("segment", data=data, output=run, **{**TRAIN, "epochs": 2})  # resumes from last.pt
     assert second["epochs_done"] == 2
     assert second["history"][0] == first["history"][0]
     after = load(run / "last.pt").module.state_dict()
@@ -68,7 +68,7 @@ def _assert_2023_labels_detected(data, case_id, profile):
 def test_train_needs_references(make_cases, tmp_path):
     data = make_cases(2, seed=0, with_seg=False)
     with pytest.raises(UsageError, match="need at least 2 cases with references"):
-        train_pipeline("segment", data, tmp_path / "run", TRAIN)
+        train_pipeline("segment", data=data, output=tmp_path / "run", **TRAIN)
 
 
 def test_evaluate_scores_predictions_against_references(make_cases, tmp_path):

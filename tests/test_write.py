@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from imagingflows.flows.run import scrub
+from imagingflows.pipelines.medical import scrub
 from imagingflows.models.atomic import atomic_path
 from imagingflows.tasks.write import TEMP_PREFIX, WriteError, write_bytes, write_json, write_nifti, write_png
 
