@@ -36,6 +36,7 @@ BAND_FILE = re.compile(r"^(?P<stem>.+)_(?P<name>B(?P<number>\d+))$", re.IGNORECA
 MASK_KINDS = ("none", "nodata", "mask", "mask+nodata")
 WGS84_A, WGS84_E2 = 6378137.0, 6.69437999014e-3
 _CACHE_SIZE = 32
+_DECODE_CHECK_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,9 @@ def _file_bands(path: Path, only_band: int | None = None) -> list[dict]:
 
     with _open_file(path) as ds:
         if ds.count == 0:
-            subs = f" (it holds {len(ds.subdatasets)} subdatasets, such as {ds.subdatasets[0]})" if ds.subdatasets else ""
-            raise InputError(f"{path}: zero bands{subs}")
+            subs = ds.subdatasets
+            raise InputError(f"{path}: zero bands" + (f" (it holds {len(subs)} subdatasets, such as {subs[0]})"
+                                                      if subs else ""))
         _check_complete(ds, path)
         out = []
         for i in range(1, ds.count + 1):
@@ -215,14 +217,24 @@ def _with_override(kind: str, override: bool) -> str:
 
 
 def _check_complete(ds, path: Path) -> None:
-    """Read the last block of every band: a truncated TIFF whose header survived fails here, not mid-run."""
+    """Catch a truncated TIFF whose header survived, at open rather than mid-run: every band's last block must
+    lie inside the file (TIFF block offsets, no decoding), and a last block of modest size must decode."""
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     bh, bw = ds.block_shapes[0]
-    row, col = (ds.height - 1) // bh * bh, (ds.width - 1) // bw * bw
+    nrow, ncol = (ds.height - 1) // bh, (ds.width - 1) // bw
+    if ds.driver == "GTiff":
+        size = os.path.getsize(path)
+        for b in range(1, ds.count + 1):
+            offset = ds.get_tag_item(f"BLOCK_OFFSET_{ncol}_{nrow}", "TIFF", bidx=b)
+            if offset and int(offset) + ds.block_size(b, nrow, ncol) > size:
+                raise InputError(f"{path}: truncated TIFF (band {b}'s last block ends at byte "
+                                 f"{int(offset) + ds.block_size(b, nrow, ncol)}, the file has {size})")
+    if bh * bw > _DECODE_CHECK_PIXELS:
+        return  # one huge strip: decoding it would read the whole raster
     try:
-        ds.read(window=Window(col, row, ds.width - col, ds.height - row))
+        ds.read(window=Window(ncol * bw, nrow * bh, ds.width - ncol * bw, ds.height - nrow * bh))
     except RasterioError as e:
         raise InputError(f"{path}: unreadable pixels (truncated or corrupt TIFF): {e}") from e
 
@@ -465,7 +477,8 @@ def window_bounds(src: RasterSource, window: TileWindow) -> tuple[float, float, 
 
 
 def read_tile(src: RasterSource, window: TileWindow) -> tuple[np.ndarray, np.ndarray]:
-    """``(pixels float32 (C, size, size), valid bool (size, size))``: one read per file, padding 0 and invalid."""
+    """``(pixels float32 (C, size, size), valid bool (size, size))``: one pixel read per file (plus one
+    ``read_masks`` for a file with a mask or alpha band); padding is 0 and invalid."""
     pixels, band_valid = _read_block(src, window.row_off, window.col_off, window.size, window.size)
     return pixels, band_valid.any(axis=0)
 

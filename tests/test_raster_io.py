@@ -172,7 +172,9 @@ def test_internal_mask_and_alpha_band(tmp_path):
     t = from_origin(500000, 4000000, 30, 30)
     with rasterio.open(tmp_path / "mask.tif", "w", driver="GTiff", width=6, height=5, count=2, dtype="uint8",
                        crs=UTM18, transform=t) as dst:
-        dst.write(np.full((2, 5, 6), 7, np.uint8))
+        data = np.full((2, 5, 6), 7, np.uint8)
+        data[:, 4, :] = 3
+        dst.write(data)
         mask = np.full((5, 6), 255, np.uint8)
         mask[:2] = 0
         dst.write_mask(mask)
@@ -180,6 +182,9 @@ def test_internal_mask_and_alpha_band(tmp_path):
     assert src.mask_kinds == ("mask", "mask")
     assert read_tile(src, TileWindow(0, 0, 6))[1][:5].tolist() == (mask > 0).tolist()
     assert valid_fraction(src, TileWindow(0, 0, 6)) == pytest.approx(18 / 36)
+    both = open_raster(tmp_path / "mask.tif", nodata=3)  # an override adds to the file's mask
+    assert both.mask_kinds == ("mask+nodata",) * 2
+    assert read_tile(both, TileWindow(0, 0, 6))[1][:5].tolist() == ((mask > 0) & (data[0] != 3)).tolist()
     rgba = np.full((4, 5, 6), 50, np.uint8)
     rgba[3, :, :3] = 0
     rgba[3, :, 3:] = 255
