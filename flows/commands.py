@@ -26,8 +26,8 @@ def cli_type(annotation: Any) -> Any:
     if origin in (Union, types.UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
         return Optional[cli_type(inner[0])] if len(inner) == 1 else str
-    if origin is Literal:
-        return str
+    if origin is Literal or (origin is tuple and Ellipsis in get_args(annotation)):
+        return str  # choices, and lists of any length ("4,3,2"): the option's validator parses them
     return annotation
 
 

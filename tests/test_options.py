@@ -39,7 +39,7 @@ def test_every_field_is_marked_and_explained(cls):
             assert opts.meta(field).get("unit"), f"{cls.__name__}.{name}: a number needs its unit"
 
 
-@pytest.mark.parametrize("name", ["segment", "restore"])
+@pytest.mark.parametrize("name", pipeline_names())
 def test_the_config_hash_covers_exactly_the_output_fields(name):
     pipe = get_pipeline(name)
     fields = pipe.run_options.model_fields
@@ -68,8 +68,10 @@ def test_every_pipeline_gets_every_verb_with_its_declared_options():
     app = build_app()
     for name in pipeline_names():
         pipe = get_pipeline(name)
-        for verb, cls in (([name], pipe.run_options), (["serve", name], pipe.run_options),
-                          (["train", name], pipe.train_options), (["evaluate", name], pipe.run_options)):
+        verbs = [([name], pipe.run_options), (["serve", name], pipe.run_options)]
+        verbs += [(["train", name], pipe.train_options)] if pipe.train else []
+        verbs += [(["evaluate", name], pipe.run_options)] if pipe.evaluate else []
+        for verb, cls in verbs:
             out = runner.invoke(app, [*verb, "--help"], env={"COLUMNS": "250"})
             assert out.exit_code == 0, out.output
             for field in cls.model_fields:

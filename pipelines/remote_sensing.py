@@ -1,0 +1,253 @@
+"""The embed pipeline: GeoTIFF scenes of any size -> one Scale-MAE embedding per tile, as GeoParquet.
+
+In:  every ``*.tif`` / ``*.tiff`` under the input folder is a scene (any band count; the model's
+     bands are chosen with ``--bands``), and a folder of single-band files ``*_B2.tif ... *_B7.tif``
+     (as Landsat ships them) is one scene stacked by band number.
+Out: ``<scene>.parquet`` (GeoParquet, the scene's CRS): one row per tile that holds valid pixels,
+     with the tile polygon, its window (row, col, size), ``res``, nodata fraction, model and
+     weights hash, and the embedding (``--pool cls``: the class token after the final norm, the
+     official ``forward_features``; ``mean``: the mean of the patch tokens over valid patches).
+
+Conventions:
+- Tiles of ``--tile`` pixels (default the model's input size) at stride ``tile - overlap``; edge
+  tiles are padded and their padding masked, never dropped; tiles without valid pixels (nodata
+  value, mask band, alpha, or ``--nodata``) are skipped and counted.
+- Normalisation per band: ``(x - mean) / std`` in the data's units with the model's own
+  statistics (its checkpoint's ``meta.normalization``), else ``--mean/--std``, else measured on a
+  sample of the scene's valid pixels and recorded; invalid pixels are 0 after normalisation.
+- ``res`` (Scale-MAE's relative GSD scale): ``--res``, else pixel size / ``--reference-gsd``, else 1.0
+  (the authors' evaluation recipe); recorded per tile.
+- The raster is read window by window (``tasks/raster_io.py``): memory is bounded by a batch of tiles.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines.model_ref import model_of, resolve_model
+from imagingflows.pipelines.remote_sensing_options import EmbedRun
+from imagingflows.tasks.ingest import InputError, Item
+
+SCENE_SUFFIXES = (".tif", ".tiff")
+BAND_FILE = re.compile(r"_B\d+\.tiff?$", re.IGNORECASE)
+ENCODERS = ("scale_mae",)  # architectures this pipeline serves: ViT encoders taking a GSD scale
+DEMO_TRAINED_ON = "the bundled sample scenes (sample_data/remote_sensing), see models/weights/MODEL_CARD.md"
+
+
+# ----------------------------------------------------------------------------- discover
+
+def _is_band_folder(folder: Path) -> bool:
+    return any(BAND_FILE.search(p.name) for p in folder.iterdir() if p.is_file())
+
+
+def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Scenes under ``input_dir``: GeoTIFF files, and band folders (one scene each)."""
+    input_dir = Path(input_dir)
+    items: list[Item] = []
+    band_folders = sorted(d for d in [input_dir, *input_dir.rglob("*")]
+                          if d.is_dir() and not d.name.startswith(".") and _is_band_folder(d))
+    for folder in band_folders:
+        rel = folder.relative_to(input_dir).as_posix()
+        items.append(Item(rel if rel != "." else folder.name, {"scene": str(folder)}))
+    for path in sorted(input_dir.rglob("*")):
+        if path.suffix.lower() not in SCENE_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        if any(folder == path.parent for folder in band_folders):
+            continue  # a band of a stacked scene
+        items.append(Item(path.relative_to(input_dir).with_suffix("").as_posix(), {"scene": str(path)}))
+    return items, []
+
+
+def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
+    return [Path(out_dir) / f"{item_id}.parquet"]
+
+
+# ----------------------------------------------------------------------------- model
+
+def _demo_encoder() -> str:
+    from imagingflows.models.backend import demo_weights
+
+    try:
+        return str(demo_weights("scale_mae_demo"))
+    except FileNotFoundError:
+        raise ValueError("no bundled demo encoder yet: pass --weights PATH to a Scale-MAE checkpoint (the official "
+                         "pretraining file, TorchGeo's encoder-only file with --arch scale_mae, or ours)") from None
+
+
+def prepare(config: dict) -> dict:
+    """Run options (:class:`EmbedRun`) -> resolved config: the encoder loaded once, tile, statistics checked."""
+    from imagingflows.models.sliding_window import resolve_precision
+
+    cfg = EmbedRun.parse(config).to_config()
+    overrides = {"num_heads": cfg["num_heads"]} if cfg["num_heads"] else {}
+    lm = resolve_model(cfg, pipeline="embed", demo=_demo_encoder, trained_on=DEMO_TRAINED_ON, spatial_dims=2,
+                       overrides=overrides)
+    if lm.spec.name not in ENCODERS:
+        raise ValueError(f"{cfg['weights']} is a {lm.spec.name} model; embed needs a Scale-MAE encoder")
+    patch = int(lm.spec.grid_of(lm.config))
+    tile = int(cfg["tile"] or lm.config.get("img_size") or 224)
+    if tile % patch:
+        raise ValueError(f"--tile {tile} is not a multiple of the model's patch size {patch}")
+    if cfg["overlap"] >= tile:
+        raise ValueError(f"--overlap {cfg['overlap']} must be smaller than --tile {tile}")
+    channels = int(lm.spec.channels_of(lm.config))
+    stats = (lm.meta or {}).get("normalization")
+    for key in ("mean", "std"):
+        given = cfg[key]
+        if given is not None and len(given) != channels:
+            raise ValueError(f"--{key} has {len(given)} values; the model takes {channels} bands")
+    if (cfg["mean"] is None) != (cfg["std"] is None):
+        raise ValueError("give --mean and --std together (or neither)")
+    if cfg["std"] is not None and min(cfg["std"]) <= 0:
+        raise ValueError(f"--std values must be > 0, got {cfg['std']}")
+    cfg.update(tile=tile, patch_size=patch, in_channels=channels, embed_dim=int(lm.config["embed_dim"]),
+               model_stats=stats)
+    cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- process
+
+def scene_stats(src, cfg: dict) -> tuple[np.ndarray, np.ndarray, str]:
+    """Per-band ``(mean (C,), std (C,), source)`` in the data's units."""
+    from imagingflows.tasks.raster_io import sample_band_stats
+
+    if cfg["mean"] is not None:
+        return np.asarray(cfg["mean"], np.float32), np.asarray(cfg["std"], np.float32), "given"
+    if cfg.get("model_stats"):
+        s = cfg["model_stats"]
+        return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32), "model"
+    mean, std, n = sample_band_stats(src)
+    if n == 0:
+        raise InputError(f"{src.paths[0]}: no valid pixel (every pixel is nodata)")
+    return np.asarray(mean, np.float32), np.maximum(np.asarray(std, np.float32), 1e-6), f"measured on {n} pixels"
+
+
+def tile_res(src, cfg: dict) -> float:
+    if cfg["res"] is not None:
+        return float(cfg["res"])
+    if cfg["reference_gsd"] is not None:
+        if src.ground_pixel_size_m is None:
+            raise InputError(f"{src.paths[0]}: --reference-gsd needs the pixel size in metres, and the scene has "
+                             "no CRS; give --res")
+        return float(src.ground_pixel_size_m) / float(cfg["reference_gsd"])  # true ground size (not 3857's)
+    return 1.0
+
+
+def patch_validity(valid: np.ndarray, patch: int) -> np.ndarray:
+    """``valid (B, H, W)`` -> ``(B, N)``: a patch counts when any of its pixels is valid (row-major)."""
+    b, h, w = valid.shape
+    return valid.reshape(b, h // patch, patch, w // patch, patch).any(axis=(2, 4)).reshape(b, -1)
+
+
+def pool_tokens(tokens, patches_valid: np.ndarray, how: str) -> np.ndarray:
+    """``tokens (B, 1 + N, D)`` -> ``(B, D)``: the class token, or the mean over valid patches."""
+    if how == "cls":
+        return tokens[:, 0].numpy()
+    weights = patches_valid.astype(np.float32)
+    patch_tokens = tokens[:, 1:].numpy()
+    return (patch_tokens * weights[..., None]).sum(1) / np.maximum(weights.sum(1, keepdims=True), 1)
+
+
+def embed_scene(src, cfg: dict):
+    """Every tile with valid pixels -> ``(rows, polygons, vectors (T, D), counts)``."""
+    import torch
+    from shapely.geometry import box
+
+    from imagingflows.models.encoder import encode
+    from imagingflows.models.progress import report
+    from imagingflows.tasks.raster_io import is_empty, read_tile, tile_windows, window_bounds
+
+    lm = model_of(cfg)
+    mean, std, _ = cfg["_stats"]
+    res = tile_res(src, cfg)
+    windows = tile_windows(src.height, src.width, cfg["tile"], cfg["overlap"])
+    rows, polygons, vectors, skipped = [], [], [], 0
+    batch: list = []
+
+    def flush() -> None:
+        x = torch.from_numpy(np.stack([b[1] for b in batch]))
+        valid = np.stack([b[2] for b in batch])
+        tokens = encode(lm, x, torch.full((len(batch),), res, dtype=torch.float32), cfg["precision"])
+        pooled = pool_tokens(tokens, patch_validity(valid, cfg["patch_size"]), cfg["pool"])
+        for (window, _, ok), vector in zip(batch, pooled):
+            rows.append({"row": window.row_off, "col": window.col_off, "size": window.size, "res": res,
+                         "nodata_fraction": round(1.0 - float(ok.mean()), 6), "model": lm.spec.name,
+                         "weights_sha256": cfg["weights_sha256"]})
+            polygons.append(box(*window_bounds(src, window)))
+            vectors.append(vector.astype(np.float32))
+        batch.clear()
+
+    for done, window in enumerate(windows, 1):
+        if is_empty(src, window, cfg["min_valid"]):  # from the masks alone where the file allows
+            skipped += 1
+            report("tiles", done, len(windows))
+            continue
+        pixels, valid = read_tile(src, window)
+        if valid.mean() <= cfg["min_valid"] or not valid.any():
+            skipped += 1
+        else:
+            x = (pixels - mean[:, None, None]) / std[:, None, None]
+            batch.append((window, np.where(valid[None], x, 0).astype(np.float32), valid))
+            if len(batch) == cfg["batch_size"]:
+                flush()
+        report("tiles", done, len(windows))
+    if batch:
+        flush()
+    dim = cfg["embed_dim"]
+    return rows, polygons, np.stack(vectors) if vectors else np.zeros((0, dim), np.float32), \
+        {"tiles": len(windows), "embedded": len(rows), "skipped_nodata": skipped, "res": res}
+
+
+def process(item: Item, out_dir: Path, cfg: dict) -> dict:
+    """Embed one scene; returns the manifest entry (outputs, summary, warnings)."""
+    from imagingflows.tasks.geo_write import write_geoparquet
+    from imagingflows.tasks.raster_io import open_raster
+
+    t0 = time.perf_counter()
+    src = open_raster(item.paths["scene"], bands=cfg["bands"], nodata=cfg["nodata"])
+    if src.count != cfg["in_channels"]:
+        raise InputError(f"{item.paths['scene']}: {src.count} bands ({', '.join(src.band_names)}) but the model takes "
+                         f"{cfg['in_channels']}; choose them with --bands")
+    warnings = []
+    if not src.has_crs:
+        if cfg["require_crs"]:
+            raise InputError(f"{item.paths['scene']}: no CRS (--require-crs)")
+        warnings.append("the scene has no CRS: tile polygons are in pixel-grid units, not georeferenced")
+    mean, std, stats_from = scene_stats(src, cfg)
+    rows, polygons, vectors, counts = embed_scene(src, {**cfg, "_stats": (mean, std, stats_from)})
+    path = Path(out_dir) / f"{item.id}.parquet"
+    meta = {"bands": list(src.band_names), "normalization": {"mean": mean.tolist(), "std": std.tolist(),
+                                                             "from": stats_from},
+            "tile": cfg["tile"], "overlap": cfg["overlap"], "pool": cfg["pool"], "res": counts["res"],
+            "weights_sha256": cfg["weights_sha256"], "source": item.paths["scene"]}
+    write_geoparquet(path, rows, polygons, src.crs, vectors=vectors, metadata=meta)
+    entry = {
+        "outputs": {"embeddings": path.relative_to(out_dir).as_posix()},
+        "summary": {"tiles": counts["tiles"], "embedded": counts["embedded"], "skipped_nodata": counts["skipped_nodata"],
+                    "dim": int(vectors.shape[1])},
+        "inference": {"res": counts["res"], "normalization": stats_from, "bands": list(src.band_names),
+                      "seconds": round(time.perf_counter() - t0, 3)},
+    }
+    if warnings:
+        entry["warnings"] = warnings
+    return entry
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(
+        name="embed",
+        description="Remote sensing: per-tile Scale-MAE embeddings of GeoTIFF scenes as GeoParquet",
+        discover=discover,
+        prepare=prepare,
+        process=process,
+        expected_outputs=expected_outputs,
+        run_options=EmbedRun,
+        derived_output_keys=("tile", "model_stats", "model_overrides"),
+        packages=("rasterio", "geopandas", "pyarrow", "shapely"),
+    )
