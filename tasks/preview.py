@@ -280,6 +280,9 @@ def _legend_band(width: int, entries: list[tuple[str, RGB]]) -> np.ndarray:
     return np.asarray(im)
 
 
+legend_band = _legend_band  # public: other previews (class maps) draw the same legend
+
+
 # ----------------------------------------------------------------------------- public API
 
 

@@ -593,6 +593,30 @@ def _is_value(band: np.ndarray, value: float) -> np.ndarray:
     return band == np.asarray(value).astype(band.dtype)
 
 
+def read_overview(src: RasterSource, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole raster decimated (nearest) so its longer side is at most ``max_side``:
+    ``(pixels float32 (C, h, w), valid bool (h, w))``; GDAL reads overviews where the file has them."""
+    from rasterio.enums import Resampling
+
+    scale = max(src.height, src.width) / max_side
+    h, w = (src.height, src.width) if scale <= 1 else (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+    pixels = np.zeros((src.count, h, w), np.float32)
+    valid = np.zeros((src.count, h, w), bool)
+    for k, members in _by_file(src).items():
+        ds = _dataset(src.paths[k])
+        for i in members:
+            b = src.selection[i][1]
+            band = ds.read(b, out_shape=(h, w), resampling=Resampling.nearest)
+            pixels[i] = band
+            ok = np.ones((h, w), bool)
+            if src.mask_kinds[i] in ("mask", "mask+nodata"):
+                ok &= ds.read_masks(b, out_shape=(h, w), resampling=Resampling.nearest) > 0
+            if src.mask_kinds[i] in ("nodata", "mask+nodata") and src.nodata[i] is not None:
+                ok &= ~_is_value(band, src.nodata[i])
+            valid[i] = ok
+    return pixels, valid.any(axis=0)
+
+
 # ----------------------------------------------------------------------------- statistics
 
 
