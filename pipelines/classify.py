@@ -224,17 +224,18 @@ def write_probabilities(path: Path, src, probs: np.ndarray, weight: np.ndarray, 
         out.write(data, 0, 0)
 
 
-def save_preview(path: Path, src, labels_grid: np.ndarray, names: dict[int, str]) -> Path:
+def save_preview(path: Path, src, labels_grid: np.ndarray, patch: int, names: dict[int, str]) -> Path:
     """The class map over the scene's RGB rendering, read decimated to at most PREVIEW_MAX pixels."""
-    from PIL import Image
-
     from imagingflows.tasks.map_preview import save_map_preview, stretch
     from imagingflows.tasks.raster_io import read_overview
 
     bands, valid = read_overview(src, PREVIEW_MAX)
     h, w = valid.shape
-    grid = Image.fromarray(labels_grid).resize((w, h), Image.Resampling.NEAREST)
-    labels = np.where(valid, np.asarray(grid), NODATA).astype(np.uint8)
+    # each preview pixel takes the label of the patch holding the source pixel at its centre (the grid
+    # extends past the raster by the edge tiles' padding, so it is indexed, not resized)
+    rows = ((np.arange(h) + 0.5) * src.height / h).astype(int) // patch
+    cols = ((np.arange(w) + 0.5) * src.width / w).astype(int) // patch
+    labels = np.where(valid, labels_grid[rows[:, None], cols[None, :]], NODATA).astype(np.uint8)
     return save_map_preview(path, stretch(bands, valid), labels, names)
 
 
@@ -271,7 +272,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     areas = class_areas_km2(class_map, {v: n for v, n in names.items()}) if src.has_crs else {}
     write_json(out / f"{item.id}_areas.json", {"scene": item.id, "areas_km2": areas, "classes": names})
     outputs["areas"] = f"{item.id}_areas.json"
-    preview = save_preview(out / "previews" / f"{item.id}.png", src, labels_grid, names)
+    preview = save_preview(out / "previews" / f"{item.id}.png", src, labels_grid, cfg["patch_size"], names)
     outputs["previews"] = [preview.relative_to(out).as_posix()]
     entry = {
         "outputs": outputs,
