@@ -1,0 +1,361 @@
+"""Train a classify head (``run-flow train classify``) on frozen Scale-MAE features, tile level.
+
+In:  ``--data``: an ImageFolder-style tree ``<class>/<chip>.tif`` (GeoTIFF, plain TIFF or PNG, any
+     depth below the class folder); class names are the sorted folder names. Each chip is read as one
+     ``--tile`` x ``--tile`` tile centred on it (a larger chip is cropped to its centre, a smaller one
+     padded; padding and nodata pixels are invalid and 0 after normalisation, as in ``classify``).
+Out: ``best.pt`` / ``last.pt`` (a ``linear_probe`` or ``knn_probe`` checkpoint whose meta records what
+     ``classify`` needs: level, classes, encoder file and SHA-256, bands, tile, res, pool, normalisation,
+     the held-out accuracy), ``training_curve.png`` (linear).
+
+Recipe: a seeded split of the chip ids (``train_common.split_ids``); per-band mean / std measured over
+every valid pixel of the training chips (recorded, so ``classify`` normalises scenes the same way);
+each chip embedded once (class token or masked patch-token mean) and the features cached. ``linear``:
+the MAE linear probe trained with cross-entropy on random batches of cached features by
+:func:`pipelines.fit.fit` (AdamW, cosine LR, resume, best/last). ``knn``: the bank is the training
+features, nothing is optimised (no epochs). Both are scored by accuracy on the held-out chips.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from imagingflows.pipelines.options import Precision, TrainOptions, option
+from imagingflows.pipelines.remote_sensing_options import Bands
+from imagingflows.tasks.ingest import InputError
+
+CHIP_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+class ClassifyTrain(TrainOptions):
+    data: Path | None = option(None, "Chips in one folder per class: <class>/<chip>.tif (GeoTIFF, TIFF or PNG); "
+                                     "class names are the sorted folder names.", output=True)
+    encoder: Path = option(..., "Frozen Scale-MAE encoder checkpoint the features come from (recorded with its "
+                                "SHA-256 in the head).", output=True)
+    num_heads: int | None = option(None, "Encoder attention heads, for a width that is not an official size.",
+                                   unit="heads", ge=1, output=True)
+    head: Literal["linear", "knn"] = option("linear", "linear: a linear probe trained with cross-entropy; knn: a "
+                                                      "cosine k-nearest-neighbour vote over the training chips.",
+                                            output=True)
+    bands: Bands | None = option(None, "Bands in the encoder's order (index or name). Default: all, in order.",
+                                 metavar="B1,B2,...", output=True)
+    tile: int | None = option(None, "Side of the tile read from each chip (centred; cropped or padded). "
+                                    "Default: the encoder's input size.", unit="pixels", ge=16, output=True)
+    res: float = option(1.0, "Scale-MAE's relative GSD scale of every chip.", unit="relative scale", gt=0,
+                        output=True)
+    pool: Literal["cls", "mean"] = option("cls", "cls: the class token; mean: the mean of the patch tokens over "
+                                                 "valid patches.", output=True)
+    nodata: float | None = option(None, "Nodata value of every band, overriding the files'.", unit="data values",
+                                  output=True)
+    k: int = option(20, "kNN: neighbours that vote.", unit="chips", ge=1, output=True)
+    temperature: float = option(0.07, "kNN: T of the vote weight exp(cosine / T).", unit="cosine units", gt=0,
+                                output=True)
+    batch_size: int = option(64, "Linear: features per optimiser step (also chips per encoder pass).",
+                             unit="chips", ge=1, output=True)
+    precision: Precision = option("auto", "Encoder precision: auto (bf16 where native, else fp32), fp32, bf16, "
+                                          "fp16 (CUDA).", output=True)
+
+
+# ----------------------------------------------------------------------------- chips
+
+@dataclass(frozen=True)
+class Chip:
+    """One labelled chip: ``id`` = ``<class>/<path below it without suffix>``."""
+
+    id: str
+    path: Path
+    label: int
+
+
+def find_chips(data_dir: Path) -> tuple[dict[int, str], list[Chip]]:
+    """``({index: class name}, chips)`` of an ImageFolder tree; fewer than 2 classes is an error."""
+    data_dir = Path(data_dir)
+    if data_dir is None or not data_dir.is_dir():
+        raise ValueError(f"--data {data_dir}: not a folder of <class>/<chip>.tif")
+    folders = sorted(d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = {d.name: sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in CHIP_SUFFIXES
+                            and not p.name.startswith(".")) for d in folders}
+    names = [n for n in sorted(found) if found[n]]
+    if len(names) < 2:
+        raise ValueError(f"{data_dir}: need at least 2 class folders holding chips ({', '.join(CHIP_SUFFIXES)}), "
+                         f"found {len(names)}" + (f" ({names[0]})" if names else ""))
+    chips = [Chip(f"{n}/{p.relative_to(data_dir / n).with_suffix('').as_posix()}", p, i)
+             for i, n in enumerate(names) for p in found[n]]
+    return dict(enumerate(names)), chips
+
+
+def read_chip(chip: Chip, tile: int, bands, nodata, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels float32 (C, tile, tile), valid bool (tile, tile))``: the tile centred on the chip."""
+    from imagingflows.tasks.raster_io import TileWindow, open_raster, read_tile
+
+    src = open_raster(chip.path, bands=bands, nodata=nodata)
+    if src.count != channels:
+        raise InputError(f"{chip.path}: {src.count} bands ({', '.join(src.band_names)}) but the encoder takes "
+                         f"{channels}; choose them with --bands")
+    # negative offsets pad both sides (the reader is boundless)
+    window = TileWindow((src.height - tile) // 2, (src.width - tile) // 2, tile)
+    pixels, valid = read_tile(src, window)
+    if not valid.any():
+        raise InputError(f"{chip.path}: no valid pixel (every pixel is nodata)")
+    return pixels, valid
+
+
+def chip_moments(pixels: np.ndarray, valid: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(n, mean (C,), M2 (C,))`` over the valid pixels (float64; M2 = sum of squared deviations)."""
+    x = pixels[:, valid].astype(np.float64)  # (C, n)
+    mean = x.mean(axis=1)
+    return x.shape[1], mean, ((x - mean[:, None]) ** 2).sum(axis=1)
+
+
+def merge_moments(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Chan's pairwise merge of per-chip moments -> ``(mean (C,), std (C,), n)`` (population std, >= 1e-6)."""
+    n, mean, m2 = parts[0]
+    for nb, mb, m2b in parts[1:]:
+        total = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta ** 2 * (n * nb / total)
+        n = total
+    return mean.astype(np.float32), np.maximum(np.sqrt(m2 / n), 1e-6).astype(np.float32), n
+
+
+def scan_chips(chips: list[Chip], cfg: dict) -> tuple[list[Chip], dict, list[tuple[str, str]]]:
+    """Read every chip once: ``(good chips, {id: moments}, [(id, error)])`` (unusable chips are errors)."""
+    good, moments, errors = [], {}, []
+    for chip in chips:
+        try:
+            pixels, valid = read_chip(chip, cfg["tile"], cfg["bands"], cfg["nodata"], cfg["channels"])
+        except InputError as e:
+            errors.append((chip.id, str(e)))
+            continue
+        good.append(chip)
+        moments[chip.id] = chip_moments(pixels, valid)
+    return good, moments, errors
+
+
+def embed_chips(lm, chips: list[Chip], mean: np.ndarray, std: np.ndarray, cfg: dict):
+    """Pooled features ``(N, D)`` float32 tensor of ``chips``, in order, ``batch_size`` chips per pass."""
+    import torch
+
+    from imagingflows.models.encoder import encode
+    from imagingflows.pipelines.remote_sensing import patch_validity, pool_tokens
+
+    out = []
+    for start in range(0, len(chips), cfg["batch_size"]):
+        read = [read_chip(c, cfg["tile"], cfg["bands"], cfg["nodata"], cfg["channels"])
+                for c in chips[start:start + cfg["batch_size"]]]
+        valid = np.stack([v for _, v in read])  # (B, T, T)
+        x = np.stack([np.where(v[None], (p - mean[:, None, None]) / std[:, None, None], 0) for p, v in read])
+        res = torch.full((len(read),), cfg["res"], dtype=torch.float32)
+        tokens = encode(lm, torch.from_numpy(x.astype(np.float32)), res, cfg["precision"])
+        out.append(torch.from_numpy(pool_tokens(tokens, patch_validity(valid, cfg["patch_size"]), cfg["pool"])))
+    return torch.cat(out).float() if out else torch.zeros(0, int(lm.config["embed_dim"]))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def accuracy(net, feats, labels) -> float:
+    """Share of ``feats (N, D)`` whose top score is ``labels (N,)``; NaN for N = 0."""
+    import torch
+
+    if len(labels) == 0:
+        return math.nan
+    net.eval()
+    device = next(iter(net.buffers())).device
+    with torch.inference_mode():
+        pred = net(feats.to(device)).argmax(-1).cpu()
+    return float((pred == labels).float().mean())
+
+
+def held_out(net, feats, labels) -> dict:
+    """What ``fit`` records each epoch (``accuracy``) and stores in the meta (``held_out``)."""
+    acc = accuracy(net, feats, labels)
+    if not math.isfinite(acc):
+        return {}
+    return {"accuracy": acc, "held_out": {"accuracy": round(acc, 4), "chips": int(len(labels))}}
+
+
+# ----------------------------------------------------------------------------- train
+
+def _score():
+    from imagingflows.pipelines import fit
+
+    return fit.Score("val_accuracy", "best_accuracy", "accuracy", digits=4, shown=".3f")
+
+
+def _encoder(opts: ClassifyTrain, device):
+    from imagingflows.models import load
+    from imagingflows.pipelines.remote_sensing import ENCODERS
+
+    overrides = {"num_heads": opts.num_heads} if opts.num_heads else {}
+    lm = load(opts.encoder, trust=opts.trust_checkpoint, device=str(device), **overrides)
+    if lm.spec.name not in ENCODERS:
+        raise ValueError(f"--encoder {opts.encoder} is a {lm.spec.name} model; classify needs a Scale-MAE encoder")
+    return lm
+
+
+def _resolve(opts: ClassifyTrain, lm) -> dict:
+    """The reading and embedding settings: tile, patch, channels, precision (resolved)."""
+    from imagingflows.models.sliding_window import resolve_precision
+
+    patch = int(lm.spec.grid_of(lm.config))
+    tile = int(opts.tile or lm.config.get("img_size") or 224)
+    if tile % patch:
+        raise ValueError(f"--tile {tile} is not a multiple of the encoder's patch size {patch}")
+    return {"tile": tile, "patch_size": patch, "channels": int(lm.spec.channels_of(lm.config)),
+            "bands": list(opts.bands) if opts.bands else None, "nodata": opts.nodata, "res": float(opts.res),
+            "pool": opts.pool, "batch_size": opts.batch_size,
+            "precision": resolve_precision(opts.precision, lm.device)}
+
+
+def _settings(opts: ClassifyTrain, enc, cfg: dict, classes: dict) -> dict:
+    """What a resumed or retrained run in the same folder must match (fit's guard)."""
+    s = {"head": opts.head, "encoder_sha256": enc.weights_sha256, "num_heads": opts.num_heads,
+         "classes": [classes[i] for i in sorted(classes)], "bands": cfg["bands"], "tile": cfg["tile"],
+         "res": cfg["res"], "pool": cfg["pool"], "nodata": cfg["nodata"], "precision": cfg["precision"],
+         "seed": opts.seed, "val_fraction": opts.val_fraction, "data": str(opts.data)}
+    if opts.head == "knn":
+        s.update(k=opts.k, temperature=opts.temperature)
+    else:
+        s.update(lr=opts.lr, batch_size=opts.batch_size, steps_per_epoch=opts.steps_per_epoch)
+    return s
+
+
+def _head_meta(opts, enc, cfg: dict, classes: dict, stats: tuple, chips: dict) -> dict:
+    """The meta ``classify.prepare`` reads (plus the data's description)."""
+    mean, std, n = stats
+    return {"level": "tile", "classes": dict(classes),
+            "encoder": {"file": str(Path(opts.encoder).resolve()), "sha256": enc.weights_sha256},
+            "bands": cfg["bands"], "tile": cfg["tile"], "res": cfg["res"], "pool": cfg["pool"],
+            "normalization": {"mean": mean.tolist(), "std": std.tolist(),
+                              "from": f"training chips ({n} valid pixels)"},
+            "num_heads": opts.num_heads, "data": str(opts.data), "chips": chips}
+
+
+def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
+    """Train a tile-level head; returns the :func:`fit.fit`-style summary (``best_accuracy``, ``result``,
+    ``headline``, ``history``, ``split``, ``model``, ``errors``)."""
+    import torch
+
+    from imagingflows.models.backend import select_device
+    from imagingflows.pipelines import fit
+
+    opts = ClassifyTrain.parse({**config, "data": str(data_dir) if data_dir else config.get("data"),
+                                "output": str(run_dir)})
+    if opts.data is None:
+        raise ValueError("--data is required: a folder of <class>/<chip>.tif")
+    if opts.weights is not None:
+        raise ValueError("--weights is not used by train classify: the encoder is --encoder and heads train from "
+                         "scratch")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(opts.device)
+    classes, chips = find_chips(opts.data)
+    enc = _encoder(opts, device)
+    cfg = _resolve(opts, enc)
+    settings = _settings(opts, enc, cfg, classes)
+    dim = int(enc.config["embed_dim"])
+    torch.manual_seed(opts.seed)  # the probe's initial weights
+    lm = _open(run_dir, opts.head, dim, len(classes), device)
+    state = _guard(run_dir, lm, settings)
+    good, moments, errors = scan_chips(chips, cfg)
+    split = fit.run_split(state, [c.id for c in good], opts.val_fraction, opts.seed)
+    by_id = {c.id: c for c in good}
+    missing = [i for i in split["train"] + split["val"] if i not in by_id]
+    if missing:
+        raise ValueError(f"{run_dir}: the run's split names chips that are gone or unreadable now "
+                         f"({', '.join(missing[:3])}); give a new --output folder")
+    train_chips, val_chips = [by_id[i] for i in split["train"]], [by_id[i] for i in split["val"]]
+    if len(train_chips) < 2:
+        raise ValueError(f"{opts.data}: need at least 2 training chips, have {len(train_chips)}")
+    stats = merge_moments([moments[c.id] for c in train_chips])
+    xt, yt = embed_chips(enc, train_chips, stats[0], stats[1], cfg), torch.tensor([c.label for c in train_chips])
+    xv, yv = embed_chips(enc, val_chips, stats[0], stats[1], cfg), torch.tensor([c.label for c in val_chips],
+                                                                                dtype=torch.long)
+    per_class = {classes[i]: {"train": int((yt == i).sum()), "val": int((yv == i).sum())} for i in classes}
+    meta = _head_meta(opts, enc, cfg, classes, stats, per_class)
+    if opts.head == "knn":
+        summary = _knn(run_dir, xt, yt, xv, yv, len(classes), opts, meta, settings, split, device)
+    else:
+        summary = _linear(run_dir, lm, xt, yt, xv, yv, opts, meta, settings, split)
+    return {**summary, "errors": errors}
+
+
+def _open(run_dir: Path, head: str, dim: int, classes: int, device):
+    """The linear probe to train (``last.pt``'s when resuming); None for kNN (built from the features)."""
+    from imagingflows.models.backend import LoadedModel
+    from imagingflows.models.heads import LINEAR_SPEC, LinearProbe
+    from imagingflows.pipelines import fit
+
+    if head == "knn":
+        return None
+    config = {"dim": dim, "classes": classes}
+    return fit.open_run(run_dir, lambda: LoadedModel(LinearProbe(dim, classes).to(device), LINEAR_SPEC, config,
+                                                      None, None, {}, device), device)
+
+
+def _guard(run_dir: Path, lm, settings: dict) -> dict | None:
+    """``last.pt``'s training state (None: a fresh folder) after refusing other settings, before any chip is
+    read. A kNN run is guarded the same way (its ``last.pt`` records the settings too)."""
+    from imagingflows.models.checkpoints import read_checkpoint
+    from imagingflows.pipelines import fit
+    from imagingflows.pipelines.train_common import check_resume
+
+    if lm is not None:
+        return fit.resume_state(run_dir, lm, settings)
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    state = read_checkpoint(last).meta.get("train_state")
+    check_resume(run_dir, (state or {}).get("settings"), settings)
+    return state
+
+
+def _linear(run_dir, lm, xt, yt, xv, yv, opts: ClassifyTrain, meta: dict, settings: dict, split: dict) -> dict:
+    """Cross-entropy on random batches of the cached training features, through :func:`fit.fit`."""
+    import torch
+    import torch.nn.functional as F
+
+    from imagingflows.pipelines import fit
+
+    batch = min(opts.batch_size, len(yt))  # BatchNorm needs >= 2 values per feature
+
+    def batches(start_epoch: int):
+        gen = torch.Generator().manual_seed(opts.seed * 1000 + start_epoch)
+
+        def draw():
+            idx = torch.randint(len(yt), (batch,), generator=gen)
+            return xt[idx], yt[idx]
+        return draw
+
+    return fit.fit(
+        lm, run_dir, optimizer=fit.AdamW(opts.lr), batches=batches, loss=F.cross_entropy,
+        validate=lambda net: held_out(net, xv, yv), score=_score(), settings=settings, meta=meta, split=split,
+        epochs=opts.epochs, steps=opts.steps_per_epoch,
+        curve={"loss_label": "train loss (cross-entropy)", "series": {"held-out accuracy": "val_accuracy"},
+               "ylabel": "held-out accuracy", "ylim": (0.0, 1.0)},
+        describe=lambda v: f"held-out accuracy {v.get('accuracy', math.nan):.3f}")
+
+
+def _knn(run_dir, xt, yt, xv, yv, classes: int, opts: ClassifyTrain, meta: dict, settings: dict, split: dict,
+         device) -> dict:
+    """The bank is the training features; scored on the held-out chips; best.pt = last.pt (no epochs)."""
+    from imagingflows.models.backend import LoadedModel
+    from imagingflows.models.checkpoints import save_checkpoint
+    from imagingflows.models.heads import KNN_SPEC, KnnProbe, knn_config
+    from imagingflows.pipelines import fit
+
+    probe = KnnProbe(xt, yt, classes, k=opts.k, temperature=opts.temperature).to(device)
+    val = held_out(probe, xv, yv)
+    ck_meta = {**meta, **{k: v for k, v in val.items() if k != "accuracy"}, "history": [], "split": split}
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    for path, extra in ((best_path, {}), (last_path, {"train_state": {"epoch": 0, "history": [], "split": split,
+                                                                       "settings": settings}})):
+        save_checkpoint(path, probe, arch="knn_probe", config=knn_config(probe), meta={**ck_meta, **extra})
+    lm = LoadedModel(probe, KNN_SPEC, knn_config(probe), str(best_path), None, ck_meta, device)
+    return fit.summary(lm, [], val.get("accuracy", -math.inf), _score(), split, best_path, last_path)
