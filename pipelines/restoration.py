@@ -36,6 +36,11 @@ Conventions (each applied conversion is listed in the item's ``notes`` in run.js
   the input's: a model that blanks the image) fails the item with the reason; nothing is written
   (:func:`check_collapse`; a flat input may give a flat output). ``collapse_check=False`` turns the
   check off (e.g. plumbing tests with random weights, whose outputs are near-constant).
+- GeoTIFF inputs (GeoKeys, a transform, GCPs or a GDAL nodata tag; :func:`~imagingflows.tasks.image_io.read_geo`)
+  keep their CRS, transform (SR: pixel size / scale, same origin; GCPs scaled), nodata and the GDAL metadata
+  that still holds (band statistics and RPCs are dropped, noted). Nodata pixels (every band at the nodata value)
+  are filled with the nearest valid pixel for the network, then written back as nodata (SR: the mask upscaled
+  nearest); a valid pixel restored to the nodata value in every band is moved one count off it (noted).
 - EXIF orientation is applied on reading (outputs are upright and carry no orientation tag); palette
   and CMYK images are converted to RGB (see :mod:`imagingflows.tasks.image_io`).
 - Metrics (``evaluate``): PSNR/SSIM in the BasicSR recipe (:mod:`imagingflows.tasks.evaluate`), RGB
@@ -350,21 +355,24 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
 
 
 def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
-    from imagingflows.tasks.image_io import fewer_bits_hint, merge_alpha, read_image, white_level, write_image
+    from imagingflows.tasks.image_io import (
+        fewer_bits_hint, merge_alpha, put_nodata, read_image, split_alpha, upscale_mask, white_level, write_image,
+    )
 
     t0 = time.perf_counter()
     lm = model_of(cfg)  # refuses weights replaced on disk since the batch started
     img = read_image(item.paths["image"], min_size=lm.spec.min_size)
     t_read = time.perf_counter()
     scale = int(cfg["scale"])
-    color, alpha = img.color, img.alpha
-    level, level_why = white_level(img, cfg.get("white_level"))
+    work, invalid, nodata, geo_notes = _valid_pixels(img)  # work is img itself without nodata
+    color, alpha = work.color, work.alpha
+    level, level_why = white_level(work, cfg.get("white_level"))
     restored, inference, notes = restore_array(np.ascontiguousarray(color), cfg, white_level=level)
     inference = {**inference, "white_level": level, "white_level_source": level_why}
     if level != img.top:
         notes.insert(0, f"white level {level} ({level_why}): data normalised by {level}, not {img.top}, "
                         f"and written back in 0..{level}")
-    hint = fewer_bits_hint(img, level)
+    hint = fewer_bits_hint(work, level)
     if hint:
         notes.insert(0, hint)
     if cfg.get("collapse_check", True):
@@ -379,13 +387,24 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
             alpha = np.minimum(upscale_alpha(alpha, scale), a_level).astype(alpha.dtype)
             notes.append(f"alpha upscaled x{scale} separately (bicubic, a = -0.5)")
     result = merge_alpha(restored, alpha)
+    shown_in, shown_out = color, restored
+    if invalid is not None:  # nodata pixels written back as nodata, the mask upscaled nearest for SR
+        result, moved = put_nodata(result, upscale_mask(invalid, scale), nodata)
+        shown_in, shown_out = img.color, split_alpha(result)[0]
+        if moved:
+            geo_notes.append(f"{moved} restored pixels came out as the nodata value {nodata} in every band and were "
+                             "moved one count off it (they stay valid)")
     t_infer = time.perf_counter()
 
     out_rel, prev_rel = output_rel(item.id), preview_rel(item.id)
     if out_rel != item.id:
         notes.append(f"JPEG input written as lossless PNG ({out_rel})")
-    write_image(out_dir / out_rel, result, like=img, white_level=level if level != img.top else None)
-    save_preview(out_dir / prev_rel, color, restored, scale, level)
+    geo = img.geo.scaled(scale) if img.geo is not None else None
+    if geo is not None and geo.georeferenced:
+        geo_notes.append(_georef_note(img.geo, geo, scale))
+    notes.extend(geo_notes)
+    write_image(out_dir / out_rel, result, like=img, white_level=level if level != img.top else None, geo=geo)
+    save_preview(out_dir / prev_rel, shown_in, shown_out, scale, level)
     t_write = time.perf_counter()
     h, w = img.height, img.width
     return {
@@ -401,6 +420,38 @@ def _process(item: Item, out_dir: Path, cfg: dict) -> dict:
         "inference": inference,
         "notes": list(img.notes) + notes,
     }
+
+
+def _valid_pixels(img) -> tuple:
+    """For a GeoTIFF with a nodata value: ``(img with its nodata pixels filled by the nearest valid pixel,
+    invalid (H, W) bool, the nodata sample, notes)``, so the network sees no false edges at a nodata collar;
+    else ``(img, None, None, [])``. A pixel is nodata when every band holds the value (GDAL's dataset mask)."""
+    from dataclasses import replace
+
+    from imagingflows.tasks.image_io import fill_nodata, nodata_mask, nodata_sample
+
+    if img.geo is None or img.geo.nodata is None:
+        return img, None, None, []
+    value = nodata_sample(img.geo.nodata, img.array.dtype)
+    if value is None:
+        return img, None, None, [f"nodata {img.geo.nodata} cannot occur in {img.bit_depth}-bit samples: no pixel "
+                                 "is nodata (the value is kept in the output)"]
+    invalid = nodata_mask(img.array, value)
+    n = int(invalid.sum())
+    notes = [f"nodata {value}: {n} of {invalid.size} pixels ({100.0 * n / invalid.size:.1f}%) are nodata; "
+             "restored from the valid pixels (nodata filled with the nearest valid pixel for the network) and "
+             "written back as nodata"]
+    return replace(img, array=fill_nodata(img.array, invalid)), invalid, value, notes
+
+
+def _georef_note(before, after, scale: int) -> str:
+    """What georeferencing the output carries, in words."""
+    where = f"{after.crs_name or 'no CRS'}" + (f", {len(after.gcps)} ground control points" if after.gcps else "")
+    if scale == 1:
+        return f"georeferencing kept ({where}, same transform)"
+    a0, a1 = before.transform[0], after.transform[0]
+    return (f"georeferencing kept ({where}): pixel size / {scale} ({abs(a0):g} -> {abs(a1):g} map units), "
+            "same origin")
 
 
 def save_preview(path: Path, before: np.ndarray, after: np.ndarray, scale: int,

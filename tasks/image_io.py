@@ -38,6 +38,15 @@ Writing (:func:`write_image`) picks the format from the suffix, keeps the bit de
 PNG); TIFF is written by tifffile with Deflate compression; JPEG is 8-bit only (quality 95, 4:4:4).
 The ICC profile goes into PNG (iCCP), TIFF (tag 34675) and JPEG (APP2).
 
+**GeoTIFF** (a TIFF with GeoKeys, a model transform or tie points, a ``GDAL_NODATA`` tag, or a GDAL sidecar:
+``.aux.xml`` / world file): the pixels are read as for any TIFF, and rasterio reads what GDAL knows of the file
+into ``ImageData.geo`` (:class:`GeoInfo`: CRS, affine transform or ground control points, nodata, the metadata
+that stays true of a restored image). ``write_image(..., geo=)`` writes the TIFF as usual to the temp file, then
+sets that georeferencing with rasterio in update mode before the rename (pixels, ICC profile, alpha and
+MaxSampleValue untouched); without ``geo`` nothing changes (plain TIFFs never go through GDAL). The nodata
+helpers (:func:`nodata_sample`, :func:`nodata_mask`, :func:`fill_nodata`, :func:`upscale_mask`,
+:func:`put_nodata`) follow GDAL's dataset-mask rule: a pixel is nodata when every band holds the nodata value.
+
 Models see float32 ``(C, H, W)`` on [0, 1]: :func:`to_float` and :func:`from_float` (clip, scale, round
 half to even, the way BasicSR's ``tensor2img`` rounds).
 """
@@ -46,8 +55,9 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +99,8 @@ class ImageData:
     notes: list[str] = field(default_factory=list)
     #: (largest value, why) the file declares for its colour samples (PNG sBIT, TIFF tags), or None
     level_hint: tuple[int, str] | None = None
+    #: georeferencing and nodata of a GeoTIFF (:func:`read_geo`), None for any other file
+    geo: GeoInfo | None = None
 
     @property
     def height(self) -> int:
@@ -122,8 +134,8 @@ class ImageData:
         return split_alpha(self.array)[1]
 
     def info(self) -> dict:
-        """JSON-friendly description (no pixels) for run.json."""
-        return {
+        """JSON-friendly description (no pixels) for run.json; ``geo`` only for a GeoTIFF."""
+        out = {
             "format": self.format,
             "source_mode": self.source_mode,
             "shape": [self.height, self.width, self.channels],
@@ -134,6 +146,9 @@ class ImageData:
             "level_hint": list(self.level_hint) if self.level_hint else None,
             "notes": list(self.notes),
         }
+        if self.geo is not None:
+            out["geo"] = self.geo.info()
+        return out
 
 
 def unpremultiply(array: np.ndarray) -> np.ndarray:
@@ -187,6 +202,7 @@ def read_image(path: str | os.PathLike, min_size: int | None = None) -> ImageDat
         head = fh.read(16)
     if head[:4] in _TIFF_MAGIC:
         img = _read_tiff(path)
+        img.geo = _tiff_geo(path, img)
     else:
         img = _read_pillow(path, head)
     h, w = img.array.shape[:2]
@@ -496,6 +512,244 @@ def _tiff_tag(page, code: int):
     return None if tag is None else tag.value
 
 
+# ----------------------------------------------------------------------------------- GeoTIFF
+
+#: TIFF tags that make a file a GeoTIFF or carry GDAL's nodata: ModelPixelScale, ModelTiepoint,
+#: ModelTransformation, GeoKeyDirectory, GDAL_NODATA
+GEO_TAGS = (33550, 33922, 34264, 34735, 42113)
+#: sidecars GDAL reads georeferencing or nodata from (PAM .aux.xml, world files)
+_GEO_SIDECARS = (".aux.xml", ".tfw", ".tifw", ".tiffw", ".wld")
+#: metadata that no longer holds for restored pixels: band statistics (GDAL recomputes them) and baseline
+#: TIFF tags GDAL shows as metadata (our writer writes its own)
+_STALE_PREFIXES = ("STATISTICS_", "TIFFTAG_")
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class GeoInfo:
+    """What GDAL knows of a GeoTIFF that still holds after restoration (no pixels).
+
+    ``transform``: affine ``(a, b, c, d, e, f)`` of the pixel grid (GDAL's corner convention: x = a*col + b*row + c);
+    ``crs`` WKT or None; ``gcps``: ground control points ``(row, col, x, y, z)`` with their ``gcp_crs`` (a file
+    georeferenced by tie points instead of a transform); ``nodata``: GDAL's nodata value (one for all bands) or None.
+    ``tags``: the dataset metadata (default domain) kept, e.g. ``AREA_OR_POINT``; ``bands``: per band
+    ``(description, tags, scale, offset, unit)``, applied only when the output has as many bands.
+    ``dropped``: what the file had that is not written back, in words.
+    """
+
+    crs: str | None = None
+    transform: tuple[float, ...] = _IDENTITY
+    nodata: float | None = None
+    gcps: tuple[tuple[float, float, float, float, float], ...] = ()
+    gcp_crs: str | None = None
+    crs_name: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    bands: tuple[tuple, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def georeferenced(self) -> bool:
+        """A CRS, a non-identity transform or ground control points."""
+        return self.crs is not None or tuple(self.transform) != _IDENTITY or bool(self.gcps)
+
+    def scaled(self, scale: int) -> GeoInfo:
+        """The same georeferencing for the grid upscaled ``scale`` times: pixel size / scale, same origin
+        (``transform * Affine.scale(1 / scale)``); GCP rows and columns times ``scale``."""
+        if scale == 1:
+            return self
+        a, b, c, d, e, f = self.transform
+        s = float(scale)
+        gcps = tuple((r * s, col * s, x, y, z) for r, col, x, y, z in self.gcps)
+        return replace(self, transform=(a / s, b / s, c, d / s, e / s, f), gcps=gcps)
+
+    def without_georeferencing(self) -> GeoInfo:
+        """Only the nodata (and band metadata): for pixels no longer on the file's grid."""
+        return replace(self, crs=None, transform=_IDENTITY, gcps=(), gcp_crs=None, crs_name=None,
+                       tags=tuple((k, v) for k, v in self.tags if k != "AREA_OR_POINT"))
+
+    def info(self) -> dict:
+        """JSON-ready summary for run.json (the CRS by its name, e.g. ``EPSG:32618``)."""
+        return {"crs": self.crs_name, "transform": list(self.transform), "nodata": _json_nodata(self.nodata),
+                "gcps": len(self.gcps), "dropped": list(self.dropped)}
+
+
+def _json_nodata(v: float | None):
+    if v is None:
+        return None
+    if v != v:  # NaN
+        return "nan"
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def has_geo_metadata(path: str | os.PathLike) -> bool:
+    """True when the TIFF's first page has a GeoTIFF / GDAL_NODATA tag or GDAL would read a sidecar for it."""
+    import tifffile
+
+    path = Path(path)
+    if any(Path(str(path) + s).is_file() or path.with_suffix(s).is_file() for s in _GEO_SIDECARS):
+        return True
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            return any(code in tags for code in GEO_TAGS)
+    except Exception:  # noqa: BLE001 - the pixel reader reports broken files
+        return False
+
+
+def read_geo(path: str | os.PathLike) -> GeoInfo | None:
+    """Georeferencing, nodata and kept metadata of a raster, read with rasterio; None when GDAL sees none
+    of them (no CRS, identity transform, no GCPs, no nodata) or cannot open the file. Reads no pixels."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(path)
+        except RasterioIOError:
+            return None
+        with ds:
+            gcps, gcp_crs = ds.gcps
+            geo = GeoInfo(
+                crs=ds.crs.to_wkt() if ds.crs else None, transform=tuple(float(v) for v in tuple(ds.transform)[:6]),
+                nodata=None if ds.nodata is None else float(ds.nodata),
+                gcps=tuple((g.row, g.col, g.x, g.y, g.z or 0.0) for g in gcps),
+                gcp_crs=gcp_crs.to_wkt() if gcp_crs else None,
+                crs_name=(ds.crs or gcp_crs).to_string() if (ds.crs or gcp_crs) else None,
+                tags=tuple((k, v) for k, v in sorted(ds.tags().items()) if not k.startswith(_STALE_PREFIXES)),
+                bands=tuple(_band_meta(ds, i) for i in ds.indexes),
+                dropped=_dropped(ds),
+            )
+    if not geo.georeferenced and geo.nodata is None:
+        return None
+    return geo
+
+
+def _band_meta(ds, i: int) -> tuple:
+    """``(description, tags, scale, offset, unit)`` of band ``i``; statistics left out (stale after restoring)."""
+    tags = tuple((k, v) for k, v in sorted(ds.tags(i).items()) if not k.startswith(_STALE_PREFIXES))
+    return ds.descriptions[i - 1], tags, ds.scales[i - 1], ds.offsets[i - 1], ds.units[i - 1]
+
+
+def _dropped(ds) -> tuple[str, ...]:
+    out = []
+    if ds.rpcs is not None:
+        out.append("RPC camera model (its line/sample terms do not describe the output grid)")
+    if any(k.startswith("STATISTICS_") for i in ds.indexes for k in ds.tags(i)):
+        out.append("band statistics (stale after restoration)")
+    return tuple(out)
+
+
+def write_geo(path: str | os.PathLike, geo: GeoInfo) -> None:
+    """Set ``geo``'s CRS, transform (or GCPs), nodata and metadata on an existing TIFF, in rasterio's update
+    mode: GDAL rewrites the tag directory only, so the pixels and the other tags stay as written.
+    Band metadata is set only when the file has as many bands as ``geo`` describes. No ``.aux.xml`` is made."""
+    import rasterio
+    from affine import Affine
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "r+") as ds:
+            if geo.gcps:
+                points = [GroundControlPoint(row=r, col=c, x=x, y=y, z=z) for r, c, x, y, z in geo.gcps]
+                ds.gcps = (points, CRS.from_wkt(geo.gcp_crs) if geo.gcp_crs else None)
+            else:
+                if geo.crs:
+                    ds.crs = CRS.from_wkt(geo.crs)
+                if tuple(geo.transform) != _IDENTITY:
+                    ds.transform = Affine(*geo.transform)
+            if geo.nodata is not None:
+                ds.nodata = geo.nodata
+            if geo.tags:
+                ds.update_tags(**dict(geo.tags))
+            if len(geo.bands) == ds.count:
+                _write_band_meta(ds, geo.bands)
+
+
+def _write_band_meta(ds, bands: tuple[tuple, ...]) -> None:
+    for i, (description, tags, _, _, unit) in enumerate(bands, start=1):
+        if description:
+            ds.set_band_description(i, description)
+        if tags:
+            ds.update_tags(i, **dict(tags))
+        if unit:
+            ds.set_band_unit(i, unit)
+    scales, offsets = tuple(b[2] for b in bands), tuple(b[3] for b in bands)
+    if any(s != 1.0 for s in scales) or any(o != 0.0 for o in offsets):
+        ds.scales, ds.offsets = scales, offsets
+
+
+def _tiff_geo(path: Path, img: ImageData) -> GeoInfo | None:
+    """:func:`read_geo` for a TIFF that has geo tags or sidecars; georeferencing dropped (noted) when the
+    pixels were reoriented off the file's grid."""
+    if not has_geo_metadata(path):
+        return None
+    geo = read_geo(path)
+    if geo is not None and geo.georeferenced and img.orientation_applied != 1:
+        img.notes.append(f"georeferencing not kept: orientation {img.orientation_applied} moved the pixels off "
+                         "the file's grid (nodata kept)")
+        geo = geo.without_georeferencing()
+    return geo
+
+
+# ----------------------------------------------------------------------------------- nodata
+
+
+def nodata_sample(nodata: float | None, dtype) -> int | None:
+    """``nodata`` as a sample value of the integer ``dtype``, or None when no sample can equal it
+    (None, NaN, fractional, out of range)."""
+    if nodata is None or nodata != nodata or not float(nodata).is_integer():
+        return None
+    info = np.iinfo(dtype)
+    v = int(nodata)
+    return v if info.min <= v <= info.max else None
+
+
+def nodata_mask(array: np.ndarray, value: int) -> np.ndarray:
+    """``(H, W, C)`` -> ``(H, W)`` bool, True where every band holds ``value`` (GDAL's dataset-mask rule)."""
+    return np.all(array == value, axis=2)
+
+
+def fill_nodata(array: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` with each ``invalid`` ``(H, W)`` pixel replaced by its nearest valid pixel (Euclidean).
+
+    For a model that sees the whole image: the nodata value next to the data would be taken as an edge.
+    Returns ``array`` itself when nothing, or everything, is invalid.
+    """
+    from scipy import ndimage
+
+    if not invalid.any() or invalid.all():
+        return array
+    h, w = invalid.shape
+    nearest = np.empty((2, h, w), np.int32)  # int32 indices: 8 bytes per pixel
+    ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True, indices=nearest)
+    return array[nearest[0], nearest[1]]
+
+
+def upscale_mask(mask: np.ndarray, scale: int) -> np.ndarray:
+    """``(H, W)`` bool -> ``(H*scale, W*scale)``, nearest neighbour (each pixel becomes a scale x scale block)."""
+    if scale == 1:
+        return mask
+    return np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+
+
+def put_nodata(array: np.ndarray, invalid: np.ndarray, value: int) -> tuple[np.ndarray, int]:
+    """``(H, W, C)`` with ``invalid`` ``(H, W)`` pixels set to ``value`` in every band; returns it and how many
+    valid pixels came out as nodata and were moved one count off ``value`` (towards the middle of the range),
+    so that the output's nodata mask is exactly ``invalid``."""
+    out = array.copy()
+    out[invalid] = value
+    clash = ~invalid & nodata_mask(out, value)
+    n = int(clash.sum())
+    if n:
+        step = 1 if value < np.iinfo(out.dtype).max else -1
+        out[clash] = (out[clash].astype(np.int64) + step).astype(out.dtype)
+    return out, n
+
+
 # ----------------------------------------------------------------------------------- white level
 
 
@@ -601,6 +855,7 @@ def write_image(
     icc_profile: bytes | None = None,
     like: ImageData | None = None,
     white_level: int | None = None,
+    geo: GeoInfo | None = None,
 ) -> Path:
     """Write ``(H, W[, C])`` uint8/uint16 ``array`` as PNG, TIFF or JPEG (by suffix), atomically.
 
@@ -608,6 +863,9 @@ def write_image(
     ``icc_profile`` is None, and its bit depth must match ``array``'s (restoration keeps bit depth).
     ``white_level`` (16-bit, below 65535; default: ``like``'s declared level): recorded in the file
     (PNG sBIT when it is ``2**n - 1``, TIFF MaxSampleValue) when the colour data stay within it.
+    ``geo`` (TIFF only): georeferencing, nodata and metadata written with :func:`write_geo` into the temp
+    file before the rename (scale it first for a resized output: :meth:`GeoInfo.scaled`); never taken
+    from ``like``.
     Bad arguments raise ValueError; a failed write raises :class:`~imagingflows.tasks.write.WriteError`
     and leaves neither a temp file nor a partial output behind.
     """
@@ -644,6 +902,8 @@ def write_image(
                 f"{path}: the ICC profile describes {space.decode('latin-1').strip() or '?'} colour but the image has "
                 f"{array.shape[2]} channels; expected a {want[0].decode().strip()} profile"
             )
+    if geo is not None and fmt != "TIFF":
+        raise ValueError(f"{path}: georeferencing (geo=) can only be written to a TIFF, not {fmt}")
     if fmt == "JPEG" and (depth != 8 or array.shape[2] not in (1, 3)):
         raise ValueError(f"{path}: JPEG holds 8-bit gray or RGB only, found {depth}-bit with {array.shape[2]} channels")
     array = np.ascontiguousarray(array)
@@ -651,6 +911,8 @@ def write_image(
         with atomic_path(path) as tmp:
             if fmt == "TIFF":
                 _write_tiff(tmp, array, icc_profile, level)
+                if geo is not None:
+                    write_geo(tmp, geo)
             elif fmt == "PNG" and depth == 16:
                 tmp.write_bytes(encode_png16(array, icc_profile, sbit=_sbit_of(level, array.shape[2])))
             else:
