@@ -162,3 +162,21 @@ def test_a_knn_folder_refuses_other_settings(knn_run, chips):
         train(chips, run, {**BASE, "head": "linear"})
     with pytest.raises(ValueError, match="other settings: k 5"):
         train(chips, run, {**BASE, "head": "knn", "k": 3})
+
+
+def test_trained_knn_head_classifies_a_scene_end_to_end(knn_run, tmp_path):
+    from imagingflows.flows import run_pipeline
+
+    run, _ = knn_run
+    (tmp_path / "in").mkdir()
+    shutil.copy(RGB, tmp_path / "in" / "rgb.tif")
+    result = run_pipeline("classify", tmp_path / "in", tmp_path / "out", weights=run / "best.pt", num_heads=4,
+                          device="cpu", precision="fp32")
+    assert result["counts"]["done"] == 1, result["errors"]
+    with rasterio.open(RGB) as src, rasterio.open(tmp_path / "out" / "rgb_classes.tif") as cm:
+        assert cm.crs == src.crs and cm.transform == src.transform and cm.shape == src.shape
+        labels, nodata = cm.read(1), src.dataset_mask() == 0
+    assert cm.nodata == 255 and np.array_equal(labels == 255, nodata)
+    inside = labels[~nodata]
+    assert set(np.unique(inside)) <= {0, 1}
+    assert (inside == 1).mean() > 0.5  # mostly the class its chips were cut from
