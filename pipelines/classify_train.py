@@ -74,9 +74,9 @@ class Chip:
 
 def find_chips(data_dir: Path) -> tuple[dict[int, str], list[Chip]]:
     """``({index: class name}, chips)`` of an ImageFolder tree; fewer than 2 classes is an error."""
-    data_dir = Path(data_dir)
-    if data_dir is None or not data_dir.is_dir():
+    if data_dir is None or not Path(data_dir).is_dir():
         raise ValueError(f"--data {data_dir}: not a folder of <class>/<chip>.tif")
+    data_dir = Path(data_dir)
     folders = sorted(d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = {d.name: sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in CHIP_SUFFIXES
                             and not p.name.startswith(".")) for d in folders}

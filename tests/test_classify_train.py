@@ -180,3 +180,24 @@ def test_trained_knn_head_classifies_a_scene_end_to_end(knn_run, tmp_path):
     inside = labels[~nodata]
     assert set(np.unique(inside)) <= {0, 1}
     assert (inside == 1).mean() > 0.5  # mostly the class its chips were cut from
+
+
+def test_unusable_chips_are_errors_and_the_rest_trains(chips, tmp_path):
+    data = tmp_path / "data"
+    for name in ("landsat", "rgb"):
+        (data / name).mkdir(parents=True)
+        for p in sorted((chips / name).glob("*.tif"))[:4]:
+            shutil.copy(p, data / name / p.name)
+    with rasterio.open(data / "rgb" / "gray.tif", "w", driver="GTiff", height=64, width=64, count=1,
+                       dtype="uint8") as dst:
+        dst.write(np.full((1, 64, 64), 7, np.uint8))
+    with rasterio.open(data / "landsat" / "empty.tif", "w", driver="GTiff", height=64, width=64, count=3,
+                       dtype="uint8", nodata=0) as dst:
+        dst.write(np.zeros((3, 64, 64), np.uint8))
+    summary = train(data, tmp_path / "run", {**BASE, "head": "knn", "k": 3})
+    errors = dict(summary["errors"])
+    assert set(errors) == {"rgb/gray", "landsat/empty"}
+    assert "1 bands" in errors["rgb/gray"] and "no valid pixel" in errors["landsat/empty"]
+    assert len(summary["split"]["train"]) + len(summary["split"]["val"]) == 8
+    with pytest.raises(ValueError, match="need at least 2 class folders"):
+        train(data / "rgb", tmp_path / "run2", {**BASE, "head": "knn"})
