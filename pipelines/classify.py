@@ -27,6 +27,7 @@ import numpy as np
 
 from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.classify_options import ClassifyRun
+from imagingflows.pipelines.classify_train import ClassifyTrain
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing import ENCODERS, discover, patch_validity, pool_tokens, scene_stats
 from imagingflows.tasks.ingest import InputError, Item
@@ -301,6 +302,8 @@ def pipeline() -> Pipeline:
         process=process,
         expected_outputs=expected_outputs,
         run_options=ClassifyRun,
+        train=_train,
+        train_options=ClassifyTrain,
         derived_output_keys=("encoder_sha256", "level", "classes", "tile", "overlap", "bands", "res", "normalization",
                              "encoder_overrides"),
         packages=("rasterio", "rio-cogeo", "shapely"),

@@ -716,5 +716,5 @@ def pipeline() -> Pipeline:
         train_options=RestoreTrain,
         list_predictions=list_predictions,
         evaluate_config=evaluate_config,
-        packages=("pillow", "tifffile", "scikit-image", "kornia"),
+        packages=("pillow", "tifffile", "scikit-image", "kornia", "rasterio"),
     )
