@@ -1,4 +1,4 @@
-"""Train a classify head (``run-flow train classify``) on frozen Scale-MAE features, tile level.
+"""Train a classify head (``run-flow train classify``) on frozen Scale-MAE features, tile or patch level.
 
 In:  ``--data``: an ImageFolder-style tree ``<class>/<chip>.tif`` (GeoTIFF, plain TIFF or PNG, any
      depth below the class folder); class names are the sorted folder names. Each chip is read as one
@@ -10,10 +10,13 @@ Out: ``best.pt`` / ``last.pt`` (a ``linear_probe`` or ``knn_probe`` checkpoint w
 
 Recipe: a seeded split of the chip ids (``train_common.split_ids``); per-band mean / std measured over
 every valid pixel of the training chips (recorded, so ``classify`` normalises scenes the same way);
-each chip embedded once (class token or masked patch-token mean) and the features cached. ``linear``:
+each chip embedded once and the features cached: at tile level one per chip (class token or masked
+patch-token mean), at patch level one per valid patch token, labelled with its chip's class (the split
+stays by chip, so no held-out patch shares a chip with a training one). ``linear``:
 the MAE linear probe trained with cross-entropy on random batches of cached features by
 :func:`pipelines.fit.fit` (AdamW, cosine LR, resume, best/last). ``knn``: the bank is the training
-features, nothing is optimised (no epochs). Both are scored by accuracy on the held-out chips.
+features (a seeded sample of ``--bank-size`` beyond that), nothing is optimised (no epochs). Both are
+scored by accuracy on the held-out chips' features.
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ class ClassifyTrain(TrainOptions):
                                     "Default: the encoder's input size.", unit="pixels", ge=16, output=True)
     res: float = option(1.0, "Scale-MAE's relative GSD scale of every chip.", unit="relative scale", gt=0,
                         output=True)
-    pool: Literal["cls", "mean"] = option("cls", "cls: the class token; mean: the mean of the patch tokens over "
-                                                 "valid patches.", output=True)
+    level: Literal["tile", "patch"] = option("tile", "tile: one label per tile (its pooled embedding); patch: one "
+                                                     "label per patch token, each valid patch of a chip labelled "
+                                                     "with the chip's class.", output=True)
+    pool: Literal["cls", "mean"] = option("cls", "Tile level: cls: the class token; mean: the mean of the patch "
+                                                 "tokens over valid patches.", output=True)
+    bank_size: int = option(65536, "kNN: most training features kept in the bank (a seeded sample beyond that).",
+                            unit="features", ge=1, output=True)
     nodata: float | None = option(None, "Nodata value of every band, overriding the files'.", unit="data values",
                                   output=True)
     k: int = option(20, "kNN: neighbours that vote.", unit="chips", ge=1, output=True)
@@ -139,22 +147,33 @@ def scan_chips(chips: list[Chip], cfg: dict) -> tuple[list[Chip], dict, list[tup
 
 
 def embed_chips(lm, chips: list[Chip], mean: np.ndarray, std: np.ndarray, cfg: dict):
-    """Pooled features ``(N, D)`` float32 tensor of ``chips``, in order, ``batch_size`` chips per pass."""
+    """Features of ``chips`` and their labels: ``(feats (M, D) float32, labels (M,) long)``, chips in order,
+    ``batch_size`` chips per encoder pass. Tile level: M = len(chips), the pooled embedding of each;
+    patch level: the token of every valid patch (row-major), labelled with its chip's class."""
     import torch
 
     from imagingflows.models.encoder import encode
     from imagingflows.pipelines.remote_sensing import patch_validity, pool_tokens
 
-    out = []
+    feats, labels = [], []
     for start in range(0, len(chips), cfg["batch_size"]):
-        read = [read_chip(c, cfg["tile"], cfg["bands"], cfg["nodata"], cfg["channels"])
-                for c in chips[start:start + cfg["batch_size"]]]
-        valid = np.stack([v for _, v in read])  # (B, T, T)
+        part = chips[start:start + cfg["batch_size"]]
+        read = [read_chip(c, cfg["tile"], cfg["bands"], cfg["nodata"], cfg["channels"]) for c in part]
+        valid = patch_validity(np.stack([v for _, v in read]), cfg["patch_size"])  # (B, N)
         x = np.stack([np.where(v[None], (p - mean[:, None, None]) / std[:, None, None], 0) for p, v in read])
         res = torch.full((len(read),), cfg["res"], dtype=torch.float32)
-        tokens = encode(lm, torch.from_numpy(x.astype(np.float32)), res, cfg["precision"])
-        out.append(torch.from_numpy(pool_tokens(tokens, patch_validity(valid, cfg["patch_size"]), cfg["pool"])))
-    return torch.cat(out).float() if out else torch.zeros(0, int(lm.config["embed_dim"]))
+        tokens = encode(lm, torch.from_numpy(x.astype(np.float32)), res, cfg["precision"])  # (B, 1 + N, D)
+        chip_labels = torch.tensor([c.label for c in part])
+        if cfg["level"] == "tile":
+            feats.append(torch.from_numpy(pool_tokens(tokens, valid, cfg["pool"])))
+            labels.append(chip_labels)
+        else:
+            keep = torch.from_numpy(valid)
+            feats.append(tokens[:, 1:][keep])
+            labels.append(chip_labels[:, None].expand_as(keep)[keep])
+    if not feats:
+        return torch.zeros(0, int(lm.config["embed_dim"])), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats).float(), torch.cat(labels).long()
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -172,12 +191,13 @@ def accuracy(net, feats, labels) -> float:
     return float((pred == labels).float().mean())
 
 
-def held_out(net, feats, labels) -> dict:
-    """What ``fit`` records each epoch (``accuracy``) and stores in the meta (``held_out``)."""
+def held_out(net, feats, labels, chips: int) -> dict:
+    """What ``fit`` records each epoch (``accuracy``: of the held-out features, one per chip at tile level,
+    per valid patch at patch level) and stores in the meta (``held_out``)."""
     acc = accuracy(net, feats, labels)
     if not math.isfinite(acc):
         return {}
-    return {"accuracy": acc, "held_out": {"accuracy": round(acc, 4), "chips": int(len(labels))}}
+    return {"accuracy": acc, "held_out": {"accuracy": round(acc, 4), "chips": int(chips), "features": len(labels)}}
 
 
 # ----------------------------------------------------------------------------- train
@@ -209,18 +229,18 @@ def _resolve(opts: ClassifyTrain, lm) -> dict:
         raise ValueError(f"--tile {tile} is not a multiple of the encoder's patch size {patch}")
     return {"tile": tile, "patch_size": patch, "channels": int(lm.spec.channels_of(lm.config)),
             "bands": list(opts.bands) if opts.bands else None, "nodata": opts.nodata, "res": float(opts.res),
-            "pool": opts.pool, "batch_size": opts.batch_size,
+            "pool": opts.pool, "level": opts.level, "batch_size": opts.batch_size,
             "precision": resolve_precision(opts.precision, lm.device)}
 
 
 def _settings(opts: ClassifyTrain, enc, cfg: dict, classes: dict) -> dict:
     """What a resumed or retrained run in the same folder must match (fit's guard)."""
-    s = {"head": opts.head, "encoder_sha256": enc.weights_sha256, "num_heads": opts.num_heads,
+    s = {"head": opts.head, "level": cfg["level"], "encoder_sha256": enc.weights_sha256, "num_heads": opts.num_heads,
          "classes": [classes[i] for i in sorted(classes)], "bands": cfg["bands"], "tile": cfg["tile"],
          "res": cfg["res"], "pool": cfg["pool"], "nodata": cfg["nodata"], "precision": cfg["precision"],
          "seed": opts.seed, "val_fraction": opts.val_fraction, "data": str(opts.data)}
     if opts.head == "knn":
-        s.update(k=opts.k, temperature=opts.temperature)
+        s.update(k=opts.k, temperature=opts.temperature, bank_size=opts.bank_size)
     else:
         s.update(lr=opts.lr, batch_size=opts.batch_size, steps_per_epoch=opts.steps_per_epoch)
     return s
@@ -229,7 +249,7 @@ def _settings(opts: ClassifyTrain, enc, cfg: dict, classes: dict) -> dict:
 def _head_meta(opts, enc, cfg: dict, classes: dict, stats: tuple, chips: dict) -> dict:
     """The meta ``classify.prepare`` reads (plus the data's description)."""
     mean, std, n = stats
-    return {"level": "tile", "classes": dict(classes),
+    return {"level": cfg["level"], "classes": dict(classes),
             "encoder": {"file": str(Path(opts.encoder).resolve()), "sha256": enc.weights_sha256},
             "bands": cfg["bands"], "tile": cfg["tile"], "res": cfg["res"], "pool": cfg["pool"],
             "normalization": {"mean": mean.tolist(), "std": std.tolist(),
@@ -238,7 +258,7 @@ def _head_meta(opts, enc, cfg: dict, classes: dict, stats: tuple, chips: dict) -
 
 
 def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
-    """Train a tile-level head; returns the :func:`fit.fit`-style summary (``best_accuracy``, ``result``,
+    """Train a tile- or patch-level head; returns the :func:`fit.fit`-style summary (``best_accuracy``, ``result``,
     ``headline``, ``history``, ``split``, ``model``, ``errors``)."""
     import torch
 
@@ -274,10 +294,10 @@ def train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
     if len(train_chips) < 2:
         raise ValueError(f"{opts.data}: need at least 2 training chips, have {len(train_chips)}")
     stats = merge_moments([moments[c.id] for c in train_chips])
-    xt, yt = embed_chips(enc, train_chips, stats[0], stats[1], cfg), torch.tensor([c.label for c in train_chips])
-    xv, yv = embed_chips(enc, val_chips, stats[0], stats[1], cfg), torch.tensor([c.label for c in val_chips],
-                                                                                dtype=torch.long)
-    per_class = {classes[i]: {"train": int((yt == i).sum()), "val": int((yv == i).sum())} for i in classes}
+    xt, yt = embed_chips(enc, train_chips, stats[0], stats[1], cfg)
+    xv, yv = embed_chips(enc, val_chips, stats[0], stats[1], cfg)
+    per_class = {classes[i]: {"train": sum(c.label == i for c in train_chips),
+                              "val": sum(c.label == i for c in val_chips)} for i in classes}
     meta = _head_meta(opts, enc, cfg, classes, stats, per_class)
     if opts.head == "knn":
         summary = _knn(run_dir, xt, yt, xv, yv, len(classes), opts, meta, settings, split, device)
@@ -335,7 +355,7 @@ def _linear(run_dir, lm, xt, yt, xv, yv, opts: ClassifyTrain, meta: dict, settin
 
     return fit.fit(
         lm, run_dir, optimizer=fit.AdamW(opts.lr), batches=batches, loss=F.cross_entropy,
-        validate=lambda net: held_out(net, xv, yv), score=_score(), settings=settings, meta=meta, split=split,
+        validate=lambda net: held_out(net, xv, yv, len(split["val"])), score=_score(), settings=settings, meta=meta, split=split,
         epochs=opts.epochs, steps=opts.steps_per_epoch,
         curve={"loss_label": "train loss (cross-entropy)", "series": {"held-out accuracy": "val_accuracy"},
                "ylabel": "held-out accuracy", "ylim": (0.0, 1.0)},
@@ -345,13 +365,18 @@ def _linear(run_dir, lm, xt, yt, xv, yv, opts: ClassifyTrain, meta: dict, settin
 def _knn(run_dir, xt, yt, xv, yv, classes: int, opts: ClassifyTrain, meta: dict, settings: dict, split: dict,
          device) -> dict:
     """The bank is the training features; scored on the held-out chips; best.pt = last.pt (no epochs)."""
+    import torch
+
     from imagingflows.models.backend import LoadedModel
     from imagingflows.models.checkpoints import save_checkpoint
     from imagingflows.models.heads import KNN_SPEC, KnnProbe, knn_config
     from imagingflows.pipelines import fit
 
+    if len(yt) > opts.bank_size:  # a seeded sample keeps the bank (and each query's similarities) bounded
+        keep = torch.randperm(len(yt), generator=torch.Generator().manual_seed(opts.seed))[:opts.bank_size]
+        xt, yt = xt[keep.sort().values], yt[keep.sort().values]
     probe = KnnProbe(xt, yt, classes, k=opts.k, temperature=opts.temperature).to(device)
-    val = held_out(probe, xv, yv)
+    val = held_out(probe, xv, yv, len(split["val"]))
     ck_meta = {**meta, **{k: v for k, v in val.items() if k != "accuracy"}, "history": [], "split": split}
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     for path, extra in ((best_path, {}), (last_path, {"train_state": {"epoch": 0, "history": [], "split": split,

@@ -201,3 +201,27 @@ def test_unusable_chips_are_errors_and_the_rest_trains(chips, tmp_path):
     assert len(summary["split"]["train"]) + len(summary["split"]["val"]) == 8
     with pytest.raises(ValueError, match="need at least 2 class folders"):
         train(data / "rgb", tmp_path / "run2", {**BASE, "head": "knn"})
+
+
+def test_patch_level_heads_label_every_valid_patch(chips, tmp_path):
+    from imagingflows.flows import run_pipeline
+
+    knn = train(chips, tmp_path / "knn", {**BASE, "head": "knn", "level": "patch", "k": 10})
+    head = load(tmp_path / "knn" / "best.pt")
+    n_train, n_val = len(knn["split"]["train"]), len(knn["split"]["val"])
+    assert head.meta["level"] == "patch" and head.module.bank.shape == (n_train * 16, 64)  # 4 x 4 patches a chip
+    assert head.meta["held_out"]["features"] == n_val * 16 and knn["result"]["best_accuracy"] > 0.6, knn["result"]
+    small = train(chips, tmp_path / "small", {**BASE, "head": "knn", "level": "patch", "bank_size": 100})
+    assert load(tmp_path / "small" / "best.pt").module.bank.shape == (100, 64)
+    assert small["split"] == knn["split"]
+    lin = train(chips, tmp_path / "lin", {**BASE, "head": "linear", "level": "patch", "epochs": 2,
+                                          "steps_per_epoch": 20, "lr": 1e-2})
+    assert lin["result"]["best_accuracy"] > 0.6, lin["history"]
+    (tmp_path / "in").mkdir()
+    shutil.copy(RGB, tmp_path / "in" / "rgb.tif")
+    result = run_pipeline("classify", tmp_path / "in", tmp_path / "out", weights=tmp_path / "lin" / "best.pt",
+                          num_heads=4, device="cpu", precision="fp32")
+    assert result["counts"]["done"] == 1, result["errors"]
+    with rasterio.open(RGB) as src, rasterio.open(tmp_path / "out" / "rgb_classes.tif") as cm:
+        labels, nodata = cm.read(1), src.dataset_mask() == 0
+    assert np.array_equal(labels == 255, nodata) and (labels[~nodata] == 1).mean() > 0.5
