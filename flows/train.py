@@ -71,10 +71,10 @@ def train_pipeline(pipeline: str, **options) -> dict:
         config = pipe.train_options.parse(options).to_config()
     except OptionError as e:
         raise UsageError(f"train {pipeline}: {e}") from e
-    for key, field in pipe.train_options.model_fields.items():  # every folder given must exist
+    for key, field in pipe.train_options.model_fields.items():  # every path given (folder or file) must exist
         if key != "output" and config.get(key) and Path in (get_args(field.annotation) or (field.annotation,)) \
-                and not Path(config[key]).is_dir():
-            raise UsageError(f"{flag_of(key)} folder {config[key]} does not exist")
+                and not Path(config[key]).exists():
+            raise UsageError(f"{flag_of(key)} {config[key]} does not exist")
     data_dir = Path(config["data"]) if config.get("data") else None
     run_dir = Path(config.pop("output"))
     handlers = [file_log(run_dir / "run.log")]

@@ -100,3 +100,14 @@ def test_an_encoder_other_than_the_heads_is_refused(scenes, tmp_path):
     torch.save(sd, other)
     with pytest.raises(UsageError, match="is not the encoder"):
         run_pipeline("classify", scenes, tmp_path / "out", weights=head, encoder=other, num_heads=4)
+
+
+def test_train_classify_from_the_cli_takes_an_encoder_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from imagingflows.flows.cli import build_app
+
+    out = CliRunner().invoke(build_app(), ["train", "classify", "--data", str(tmp_path / "nowhere"), "-o",
+                                           str(tmp_path / "run"), "--encoder", str(ENCODER)])
+    assert out.exit_code == 2 and "--data" in out.output and "does not exist" in out.output, out.output
+    assert "--encoder" not in out.output  # an existing file is fine (it is not a folder)
