@@ -27,7 +27,7 @@ import numpy as np
 
 from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.classify_options import ClassifyRun
-from imagingflows.pipelines.classify_train import ClassifyTrain
+from imagingflows.pipelines.classify_patch_train import PatchTrain
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing import ENCODERS, discover, patch_validity, pool_tokens, scene_stats
 from imagingflows.tasks.ingest import InputError, Item
@@ -288,7 +288,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
 
 
 def _train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
-    from imagingflows.pipelines.classify_train import train
+    from imagingflows.pipelines.classify_patch_train import train
 
     return train(data_dir, run_dir, config)
 
@@ -303,7 +303,7 @@ def pipeline() -> Pipeline:
         expected_outputs=expected_outputs,
         run_options=ClassifyRun,
         train=_train,
-        train_options=ClassifyTrain,
+        train_options=PatchTrain,  # tile level: chips per class folder; patch level: scenes + label rasters
         derived_output_keys=("encoder_sha256", "level", "classes", "tile", "overlap", "bands", "res", "normalization",
                              "encoder_overrides"),
         packages=("rasterio", "rio-cogeo", "shapely"),

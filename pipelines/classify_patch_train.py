@@ -374,15 +374,7 @@ def train_patch(opts, run_dir: Path, device) -> dict:
     torch.manual_seed(opts.seed)
     lm = tiles._open(run_dir, "linear", xt.shape[1], len(names), device)
     tiles._guard(run_dir, lm, settings)
-    batch = min(opts.batch_size, len(yt))
-
-    def batches(start_epoch: int):
-        gen = torch.Generator().manual_seed(opts.seed * 1000 + start_epoch)
-
-        def draw():
-            idx = torch.randint(len(yt), (batch,), generator=gen)
-            return xt[idx], yt[idx]
-        return draw
+    batches = tiles.feature_batches(xt, yt, min(opts.batch_size, len(yt)), opts.seed)
 
     out = fit.fit(
         lm, run_dir, optimizer=fit.AdamW(opts.lr), batches=batches, loss=torch.nn.functional.cross_entropy,

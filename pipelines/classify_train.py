@@ -336,6 +336,21 @@ def _guard(run_dir: Path, lm, settings: dict) -> dict | None:
     return state
 
 
+def feature_batches(xt, yt, batch: int, seed: int):
+    """``fit``'s batch factory over cached features: ``start_epoch -> draw() -> (x (batch, D), y (batch,))``,
+    random rows from a generator seeded by the epoch the run starts at (a resumed run draws as it would have)."""
+    import torch
+
+    def batches(start_epoch: int):
+        gen = torch.Generator().manual_seed(seed * 1000 + start_epoch)
+
+        def draw():
+            idx = torch.randint(len(yt), (batch,), generator=gen)
+            return xt[idx], yt[idx]
+        return draw
+    return batches
+
+
 def _linear(run_dir, lm, xt, yt, xv, yv, opts: ClassifyTrain, meta: dict, settings: dict, split: dict) -> dict:
     """Cross-entropy on random batches of the cached training features, through :func:`fit.fit`."""
     import torch
@@ -343,15 +358,7 @@ def _linear(run_dir, lm, xt, yt, xv, yv, opts: ClassifyTrain, meta: dict, settin
 
     from imagingflows.pipelines import fit
 
-    batch = min(opts.batch_size, len(yt))  # BatchNorm needs >= 2 values per feature
-
-    def batches(start_epoch: int):
-        gen = torch.Generator().manual_seed(opts.seed * 1000 + start_epoch)
-
-        def draw():
-            idx = torch.randint(len(yt), (batch,), generator=gen)
-            return xt[idx], yt[idx]
-        return draw
+    batches = feature_batches(xt, yt, min(opts.batch_size, len(yt)), opts.seed)  # BatchNorm needs >= 2 values
 
     return fit.fit(
         lm, run_dir, optimizer=fit.AdamW(opts.lr), batches=batches, loss=F.cross_entropy,
