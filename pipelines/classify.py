@@ -19,7 +19,6 @@ written window by window, each label upsampled to its patch's pixels and nodata 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

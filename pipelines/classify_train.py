@@ -353,7 +353,6 @@ def feature_batches(xt, yt, batch: int, seed: int):
 
 def _linear(run_dir, lm, xt, yt, xv, yv, opts: ClassifyTrain, meta: dict, settings: dict, split: dict) -> dict:
     """Cross-entropy on random batches of the cached training features, through :func:`fit.fit`."""
-    import torch
     import torch.nn.functional as F
 
     from imagingflows.pipelines import fit
