@@ -217,7 +217,7 @@ def write_probabilities(path: Path, src, probs: np.ndarray, weight: np.ndarray, 
     from imagingflows.tasks.geo_write import CogWriter
 
     a = src.affine
-    transform = tuple(a * Affine.scale(patch))[:6]
+    transform = tuple(a @ Affine.scale(patch))[:6]
     data = np.where(weight[None] > 0, probs, -1.0).astype(np.float32)
     with CogWriter(path, height=probs.shape[1], width=probs.shape[2], count=probs.shape[0], dtype="float32",
                    crs=src.crs, transform=transform, nodata=-1.0, resampling="average") as out:
