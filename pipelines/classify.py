@@ -28,8 +28,10 @@ from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.classify_options import ClassifyRun
 from imagingflows.pipelines.classify_patch_train import PatchTrain
 from imagingflows.pipelines.model_ref import model_of, resolve_model
-from imagingflows.pipelines.remote_sensing import ENCODERS, discover, patch_validity, pool_tokens, scene_stats
-from imagingflows.tasks.ingest import InputError, Item
+from imagingflows.pipelines.remote_sensing import (
+    ENCODERS, discover, open_scene, patch_validity, pool_tokens, scene_stats, tile_batches,
+)
+from imagingflows.tasks.ingest import Item
 
 NODATA = 255
 BLOCK = 512  # side of the windows the class map is written in
@@ -140,16 +142,14 @@ def tent(size: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def predict_scene(src, cfg: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def predict_scene(src, cfg: dict, stats: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
     """Blended class probabilities on the patch grid: ``(probs (K, Gh, Gw), weight (Gh, Gw), counts)``."""
     import torch
 
     from imagingflows.models.encoder import encode
-    from imagingflows.models.progress import report
-    from imagingflows.tasks.raster_io import is_empty, read_tile, tile_windows
+    from imagingflows.tasks.raster_io import tile_windows
 
     enc, head = _encoder(cfg), model_of(cfg)
-    mean, std, _ = cfg["_stats"]
     patch, tile = cfg["patch_size"], cfg["tile"]
     g = tile // patch
     windows = tile_windows(src.height, src.width, tile, cfg["overlap"])
@@ -158,9 +158,9 @@ def predict_scene(src, cfg: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     k = len(cfg["classes"])
     acc, weight = np.zeros((k, rows, cols), np.float32), np.zeros((rows, cols), np.float32)
     blend = tent(g)
-    skipped, batch = 0, []
-
-    def flush() -> None:
+    predicted = 0
+    for batch in tile_batches(src, windows, stats, cfg["batch_size"], cfg["min_valid"]):
+        predicted += len(batch)
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         valid = patch_validity(np.stack([b[2] for b in batch]), patch)  # (B, G*G)
         tokens = encode(enc, x, torch.full((len(batch),), cfg["res"], dtype=torch.float32), cfg["precision"])
@@ -174,22 +174,8 @@ def predict_scene(src, cfg: dict) -> tuple[np.ndarray, np.ndarray, dict]:
             wt = blend * ok.reshape(g, g)
             acc[:, r:r + g, c:c + g] += p.T.reshape(k, g, g) * wt
             weight[r:r + g, c:c + g] += wt
-        batch.clear()
-
-    for done, w in enumerate(windows, 1):
-        if is_empty(src, w, cfg["min_valid"]):
-            skipped += 1
-        else:
-            pixels, valid = read_tile(src, w)
-            x = (pixels - mean[:, None, None]) / std[:, None, None]
-            batch.append((w, np.where(valid[None], x, 0).astype(np.float32), valid))
-            if len(batch) == cfg["batch_size"]:
-                flush()
-        report("tiles", done, len(windows))
-    if batch:
-        flush()
     probs = np.divide(acc, weight[None], out=np.zeros_like(acc), where=weight[None] > 0)
-    return probs, weight, {"tiles": len(windows), "skipped_nodata": skipped}
+    return probs, weight, {"tiles": len(windows), "skipped_nodata": len(windows) - predicted}
 
 
 # ----------------------------------------------------------------------------- write
@@ -242,23 +228,14 @@ def save_preview(path: Path, src, labels_grid: np.ndarray, patch: int, names: di
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     """Classify one scene; returns the manifest entry (outputs, summary, warnings)."""
     from imagingflows.tasks.geo_write import class_areas_km2
-    from imagingflows.tasks.raster_io import open_raster
     from imagingflows.tasks.write import write_json
 
     t0 = time.perf_counter()
-    src = open_raster(item.paths["scene"], bands=cfg["bands"], nodata=cfg["nodata"])
-    if src.count != cfg["in_channels"]:
-        raise InputError(f"{item.paths['scene']}: {src.count} bands ({', '.join(src.band_names)}) but the encoder "
-                         f"takes {cfg['in_channels']}; choose them with --bands")
-    warnings = []
-    if not src.has_crs:
-        if cfg["require_crs"]:
-            raise InputError(f"{item.paths['scene']}: no CRS (--require-crs)")
-        warnings.append("the scene has no CRS: the class map is not georeferenced and has no areas")
+    src, warnings = open_scene(item.paths["scene"], cfg, takes="the encoder")
     norm = cfg.get("normalization")
     stats = (np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32), "head") if norm \
         else scene_stats(src, {**cfg, "mean": None, "std": None, "model_stats": None})
-    probs, weight, counts = predict_scene(src, {**cfg, "_stats": stats})
+    probs, weight, counts = predict_scene(src, cfg, stats)
     labels_grid = np.where(weight > 0, probs.argmax(0), NODATA).astype(np.uint8)
     out = Path(out_dir)
     names = cfg["classes"]

@@ -154,23 +154,57 @@ def pool_tokens(tokens, patches_valid: np.ndarray, how: str) -> np.ndarray:
     return (patch_tokens * weights[..., None]).sum(1) / np.maximum(weights.sum(1, keepdims=True), 1)
 
 
-def embed_scene(src, cfg: dict):
+def tile_batches(src, windows: list, stats: tuple, batch_size: int, min_valid: float):
+    """The tiles holding valid pixels, normalised, in batches: lists of ``(window, x (C, T, T) float32,
+    valid (T, T) bool)``; invalid pixels are 0 after normalisation. Empty tiles are decided from the
+    masks alone where the file allows, and are left out (their count is ``len(windows)`` minus the
+    tiles yielded). Reports progress per tile."""
+    from imagingflows.models.progress import report
+    from imagingflows.tasks.raster_io import is_empty, read_tile
+
+    mean, std = stats[0][:, None, None], stats[1][:, None, None]
+    batch: list = []
+    for done, window in enumerate(windows, 1):
+        if not is_empty(src, window, min_valid):
+            pixels, valid = read_tile(src, window)
+            batch.append((window, np.where(valid[None], (pixels - mean) / std, 0).astype(np.float32), valid))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        report("tiles", done, len(windows))
+    if batch:
+        yield batch
+
+
+def open_scene(path: str, cfg: dict, takes: str = "the model") -> tuple:
+    """The scene with the run's bands and nodata -> ``(RasterSource, warnings)``; a band count the
+    model does not take, or no CRS under ``require_crs``, is an InputError."""
+    from imagingflows.tasks.raster_io import open_raster
+
+    src = open_raster(path, bands=cfg["bands"], nodata=cfg["nodata"])
+    if src.count != cfg["in_channels"]:
+        raise InputError(f"{path}: {src.count} bands ({', '.join(src.band_names)}) but {takes} takes "
+                         f"{cfg['in_channels']}; choose them with --bands")
+    if src.has_crs:
+        return src, []
+    if cfg["require_crs"]:
+        raise InputError(f"{path}: no CRS (--require-crs)")
+    return src, ["the scene has no CRS: its outputs are in pixel-grid units, not georeferenced"]
+
+
+def embed_scene(src, cfg: dict, stats: tuple):
     """Every tile with valid pixels -> ``(rows, polygons, vectors (T, D), counts)``."""
     import torch
     from shapely.geometry import box
 
     from imagingflows.models.encoder import encode
-    from imagingflows.models.progress import report
-    from imagingflows.tasks.raster_io import is_empty, read_tile, tile_windows, window_bounds
+    from imagingflows.tasks.raster_io import tile_windows, window_bounds
 
     lm = model_of(cfg)
-    mean, std, _ = cfg["_stats"]
     res = tile_res(src, cfg)
     windows = tile_windows(src.height, src.width, cfg["tile"], cfg["overlap"])
-    rows, polygons, vectors, skipped = [], [], [], 0
-    batch: list = []
-
-    def flush() -> None:
+    rows, polygons, vectors = [], [], []
+    for batch in tile_batches(src, windows, stats, cfg["batch_size"], cfg["min_valid"]):
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         valid = np.stack([b[2] for b in batch])
         tokens = encode(lm, x, torch.full((len(batch),), res, dtype=torch.float32), cfg["precision"])
@@ -181,46 +215,19 @@ def embed_scene(src, cfg: dict):
                          "weights_sha256": cfg["weights_sha256"]})
             polygons.append(box(*window_bounds(src, window)))
             vectors.append(vector.astype(np.float32))
-        batch.clear()
-
-    for done, window in enumerate(windows, 1):
-        if is_empty(src, window, cfg["min_valid"]):  # from the masks alone where the file allows
-            skipped += 1
-            report("tiles", done, len(windows))
-            continue
-        pixels, valid = read_tile(src, window)
-        if valid.mean() <= cfg["min_valid"] or not valid.any():
-            skipped += 1
-        else:
-            x = (pixels - mean[:, None, None]) / std[:, None, None]
-            batch.append((window, np.where(valid[None], x, 0).astype(np.float32), valid))
-            if len(batch) == cfg["batch_size"]:
-                flush()
-        report("tiles", done, len(windows))
-    if batch:
-        flush()
     dim = cfg["embed_dim"]
     return rows, polygons, np.stack(vectors) if vectors else np.zeros((0, dim), np.float32), \
-        {"tiles": len(windows), "embedded": len(rows), "skipped_nodata": skipped, "res": res}
+        {"tiles": len(windows), "embedded": len(rows), "skipped_nodata": len(windows) - len(rows), "res": res}
 
 
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     """Embed one scene; returns the manifest entry (outputs, summary, warnings)."""
     from imagingflows.tasks.geo_write import write_geoparquet
-    from imagingflows.tasks.raster_io import open_raster
 
     t0 = time.perf_counter()
-    src = open_raster(item.paths["scene"], bands=cfg["bands"], nodata=cfg["nodata"])
-    if src.count != cfg["in_channels"]:
-        raise InputError(f"{item.paths['scene']}: {src.count} bands ({', '.join(src.band_names)}) but the model takes "
-                         f"{cfg['in_channels']}; choose them with --bands")
-    warnings = []
-    if not src.has_crs:
-        if cfg["require_crs"]:
-            raise InputError(f"{item.paths['scene']}: no CRS (--require-crs)")
-        warnings.append("the scene has no CRS: tile polygons are in pixel-grid units, not georeferenced")
+    src, warnings = open_scene(item.paths["scene"], cfg)
     mean, std, stats_from = scene_stats(src, cfg)
-    rows, polygons, vectors, counts = embed_scene(src, {**cfg, "_stats": (mean, std, stats_from)})
+    rows, polygons, vectors, counts = embed_scene(src, cfg, (mean, std))
     path = Path(out_dir) / f"{item.id}.parquet"
     meta = {"bands": list(src.band_names), "normalization": {"mean": mean.tolist(), "std": std.tolist(),
                                                              "from": stats_from},
