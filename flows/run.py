@@ -27,9 +27,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from imagingflows.flows.output_lock import OutputLock
+from imagingflows.flows.parts import PartGroup, PartGroups, remove_parts
 from imagingflows.flows.runners import UsageError, make_task_runner
 from imagingflows.flows.stop import Completions, StopRequest, ignore_stop_signals_in_workers
-from imagingflows.pipelines.base import get_pipeline
+from imagingflows.pipelines.base import get_pipeline, part_item
 from imagingflows.pipelines.options import OptionError
 from imagingflows.tasks.ingest import InputError, Item, hash_inputs
 from imagingflows.tasks.manifest import RunManifest, config_hash
@@ -173,6 +174,35 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
         return Failed(message=message)
 
 
+@task(cache_policy=NO_CACHE, task_run_name="{pipeline_name}-{item_id}-merge")
+def merge_item(pipeline_name: str, item_id: str, item: dict, part_entries: list[dict], out_dir: str,
+               config: dict):
+    """Join the parts of an item that ran in parts into its outputs; returns the item's entry.
+
+    A failure returns a Failed state naming the problem; the item's own outputs are removed, the
+    parts' results stay (a resumed run merges again without rerunning them).
+    """
+    from prefect.states import Failed
+
+    pipe = get_pipeline(pipeline_name)
+    start = time.perf_counter()
+    try:
+        input_hash = hash_inputs(list(item["paths"].values()))
+        entry = pipe.merge(Item.from_dict(item), part_entries, Path(out_dir), config)
+        entry["input_hash"] = input_hash
+        entry["seconds"] = round(sum(e.get("seconds") or 0 for e in part_entries) + time.perf_counter() - start, 2)
+        entry["parts"] = len(part_entries)
+        return entry
+    except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
+        pipe.remove_failed(item_id, Path(out_dir))
+        message = describe_error(exc)
+        if config.get("anonymize"):
+            message = pipe.scrub(message, item["paths"])
+        elif not isinstance(exc, InputError):
+            _log().exception("%s: unexpected error while merging its parts", item_id)
+        return Failed(message=message)
+
+
 class _ItemProgress:
     """Listener for one item's tiles/windows: the terminal bar (same process) and the Prefect
     progress artifact (any process), at most a few updates per second."""
@@ -219,23 +249,53 @@ def run_flow(
     """
     pipe = get_pipeline(pipeline)
     out = Path(output_dir)
-    # 1. plan: the manifest, the items that failed discovery, the items resume skips
+    # 1. plan: the manifest, the items that failed discovery, the items resume skips, the parts
     manifest, cfg_hash = _open_manifest(pipe, out, config, resume)
     outcomes = {item_id: "failed" for item_id, _ in errors}
     for item_id, message in errors:
         manifest.record(item_id, {"status": "failed", "error": message})
         _log().error("%s: %s", item_id, message)
+    groups = PartGroups()
     todo: deque = deque()
+    merges: list[PartGroup] = []  # items whose parts were all done before this run
     for d in items:
         if resume and _up_to_date(pipe, manifest, d, out, cfg_hash, config):
             outcomes[d["id"]] = "skipped"
-        else:
+            continue
+        parts = _split(pipe, d, config)
+        if isinstance(parts, str):  # the item could not be split: it fails with that reason
+            manifest.record(d["id"], {"status": "failed", "error": parts, "config_hash": cfg_hash})
+            outcomes[d["id"]] = "failed"
+            _log().error("%s: %s", d["id"], parts)
+            continue
+        if not parts:
             todo.append(d)
-
-    # 2. submit at most max_in_flight items; 3. record each as it lands (a kill loses none)
+            continue
+        group = groups.add(d, [p["id"] for p in parts])
+        for part in parts:
+            if resume and _up_to_date(pipe, manifest, part, out, cfg_hash, config, section="parts"):
+                group.entries[part["id"]] = manifest.entry(part["id"], "parts")
+            else:
+                todo.append(part)
+        if group.complete:
+            merges.append(group)
     progress = _Progress(len(items) + len(errors), len(outcomes), _progress_callback())
+
+    # 2. submit at most max_in_flight tasks (items, parts, merges); 3. record each as it lands
     completions, stop = Completions(), StopRequest()
+
+    def merge(group: PartGroup) -> None:
+        completions.add(merge_item.submit(pipeline, group.item["id"], group.item, group.ordered_entries(),
+                                          output_dir, config), {**group.item, "merge": True})
+
+    def close_item(d: dict, entry: dict) -> None:
+        manifest.record(d["id"], entry)
+        outcomes[d["id"]] = entry["status"]
+        progress.advance(d["id"], entry["status"])
+
     with stop.installed():
+        for group in merges:
+            merge(group)
         while todo or completions.pending:
             while todo and not stop.requested and len(completions.pending) < max(1, max_in_flight):
                 d = todo.popleft()
@@ -248,12 +308,23 @@ def run_flow(
                 continue
             fut, d = landed
             entry = _entry_of(fut, d, cfg_hash, config)
-            manifest.record(d["id"], entry)
-            outcomes[d["id"]] = entry["status"]
-            progress.advance(d["id"], entry["status"])
+            if "part" not in d.get("meta", {}) or d.get("merge"):
+                close_item(d, entry)
+                if d.get("merge") and entry["status"] == "done":
+                    manifest.drop_parts(groups.groups[d["id"]].part_ids)
+                    remove_parts(out, d["id"])
+                continue
+            manifest.record_part(d["id"], entry)
+            group = groups.landed(d, entry)
+            if group is not None and group.failure():
+                close_item(group.item, {"status": "failed", "error": group.failure(), "config_hash": cfg_hash})
+            elif group is not None and not stop.requested:
+                merge(group)
 
     # 4. close the run: counts, report, artifacts
-    unfinished = [d["id"] for d in todo] + [d["id"] for _, d in completions.pending.values()]
+    unfinished = list(dict.fromkeys(
+        [groups.item_of(d) for d in todo] + [groups.item_of(d) for _, d in completions.pending.values()]
+        + [g.item["id"] for g in groups.groups.values() if g.item["id"] not in outcomes]))
     extra = {"interrupted": stop.signal, "not_finished": len(unfinished)} if stop.requested else {}
     counts = manifest.finish(outcomes, **extra)
     _publish(pipeline, out, manifest)
@@ -261,6 +332,21 @@ def run_flow(
         _log().warning("stopped by %s: %d items not finished (rerun with --resume)", stop.signal, len(unfinished))
     return {"counts": counts, "outcomes": outcomes, "output_dir": str(out), "interrupted": stop.signal,
             "not_finished": unfinished, "errors": _errors(manifest, outcomes)}
+
+
+def _split(pipe, d: dict, config: dict) -> list[dict] | str:
+    """The item's parts (dicts), ``[]`` to run it whole, or the reason it cannot be split."""
+    if pipe.split is None:
+        return []
+    item = Item.from_dict(d)
+    try:
+        ranges = pipe.split(item, config)
+    except Exception as exc:  # noqa: BLE001 - a bad item fails alone, as in processing
+        message = describe_error(exc)
+        return pipe.scrub(message, d["paths"]) if config.get("anonymize") else message
+    if len(ranges) <= 1:
+        return []
+    return [part_item(item, first, stop).to_dict() for first, stop in ranges]
 
 
 def _open_manifest(pipe, out: Path, config: dict, resume: bool) -> tuple[RunManifest, str]:
@@ -273,12 +359,13 @@ def _open_manifest(pipe, out: Path, config: dict, resume: bool) -> tuple[RunMani
     return manifest, cfg_hash
 
 
-def _up_to_date(pipe, manifest: RunManifest, d: dict, out: Path, cfg_hash: str, config: dict) -> bool:
-    """Resume's rule for one item; its inputs are hashed only to confirm a skip (every item that
-    runs hashes its own inside its task, so the first result comes at once)."""
+def _up_to_date(pipe, manifest: RunManifest, d: dict, out: Path, cfg_hash: str, config: dict,
+                section: str = "items") -> bool:
+    """Resume's rule for one item (or part); its inputs are hashed only to confirm a skip (every
+    item that runs hashes its own inside its task, so the first result comes at once)."""
     fresh = manifest.up_to_date(d["id"], input_hash=lambda: hash_inputs(list(d["paths"].values())),
                                 cfg_hash=cfg_hash, weights_hash=config.get("weights_sha256"),
-                                outputs=pipe.expected_outputs(d["id"], out))
+                                outputs=pipe.expected_outputs(d["id"], out), section=section)
     if fresh:
         _log().info("%s: up to date, skipped", d["id"])
     return fresh

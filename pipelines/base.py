@@ -32,6 +32,31 @@ Find = Callable[[Path, str], Path | None]
 #: ``(data_dir or None, run_dir, train config) -> summary`` with ``history``, ``model``, ``split``,
 #: ``result`` (what run.json records) and ``headline`` (one line for the terminal)
 Train = Callable[[Path | None, Path, dict], dict]
+#: ``(item, config) -> [(first, stop), ...]``: ranges of the item's work units (tiles, say) to run as
+#: separate parts, spread over the workers like items; ``[]`` runs the item whole
+Split = Callable[[Item, dict], list[tuple[int, int]]]
+#: ``(item, [its parts' manifest entries, in order], out_dir, config) -> the item's manifest entry``
+Merge = Callable[[Item, list[dict], Path, dict], dict]
+
+_PART_ID = re.compile(r"^(?P<of>.*)#part(?P<first>\d+)-(?P<stop>\d+)$")
+
+
+def part_item(item: Item, first: int, stop: int) -> Item:
+    """The part of ``item`` covering its work units ``first .. stop - 1``; the id says which, so a
+    resumed run with other part sizes never takes one part for another."""
+    meta = {**(item.meta or {}), "part": {"of": item.id, "first": int(first), "stop": int(stop)}}
+    return Item(f"{item.id}#part{first}-{stop}", item.paths, meta)
+
+
+def part_of(item_id: str) -> tuple[str, int, int] | None:
+    """``"<item>#part<first>-<stop>"`` -> ``(item, first, stop)``; None for a whole item's id."""
+    m = _PART_ID.match(item_id)
+    return (m["of"], int(m["first"]), int(m["stop"])) if m else None
+
+
+def parts_folder(out_dir: Path, item_id: str) -> Path:
+    """Where an item's parts keep their results until they are merged (removed after the merge)."""
+    return Path(out_dir) / ".parts" / item_id
 
 
 def run_folder_items(pred_dir: Path) -> list[str]:
@@ -82,6 +107,9 @@ class Pipeline:
             scoring cannot start); default: the options as given.
         metric_conventions: how metrics are computed (text, or ``config -> text``).
         train / train_options: the training hook and its options; None: no ``run-flow train <name>``.
+        split / merge: run a big item as parts (``split``; their ids come from :func:`part_item`,
+            their results go under :func:`parts_folder`, ``expected_outputs`` of a part id names
+            them) and join the parts' results into the item's outputs (``merge``); both or neither.
         packages: distributions whose versions run.json records besides the core ones.
     """
 
@@ -105,6 +133,12 @@ class Pipeline:
     train: Train | None = None
     train_options: type[TrainOptions] | None = None
     packages: tuple[str, ...] = field(default=())
+    split: Split | None = None
+    merge: Merge | None = None
+
+    def __post_init__(self) -> None:
+        if (self.split is None) != (self.merge is None):
+            raise ValueError(f"pipeline {self.name!r}: give split and merge together (or neither)")
 
     def output_keys(self) -> tuple[str, ...]:
         """Config keys whose values key resume: the output fields, then the derived keys."""

@@ -83,6 +83,7 @@ class RunManifest:
             "finished": None,
             "versions": versions(packages),
             "items": dict(previous.get("items", {})) if same else {},
+            "parts": dict(previous.get("parts", {})) if same else {},
             "runs": list(previous.get("runs", [])) + ([previous["started"]] if previous.get("started") else []),
         })
         return cls(path, data)
@@ -97,14 +98,27 @@ class RunManifest:
             self.data["items"][item_id] = entry
             self._save()
 
-    def entry(self, item_id: str) -> dict[str, Any] | None:
-        return self.data["items"].get(item_id)
+    def entry(self, item_id: str, section: str = "items") -> dict[str, Any] | None:
+        return self.data.setdefault(section, {}).get(item_id)
+
+    def record_part(self, part_id: str, entry: dict[str, Any]) -> None:
+        """A part of an item that runs in parts (kept until the item is merged, for resume)."""
+        with self._lock:
+            self.data.setdefault("parts", {})[part_id] = entry
+            self._save()
+
+    def drop_parts(self, part_ids: list[str]) -> None:
+        with self._lock:
+            parts = self.data.setdefault("parts", {})
+            for part_id in part_ids:
+                parts.pop(part_id, None)
+            self._save()
 
     def up_to_date(self, item_id: str, *, input_hash: str | Callable[[], str], cfg_hash: str,
-                   weights_hash: str | None, outputs: list[Path]) -> bool:
-        """The resume rule. ``input_hash`` may be a function: it is called (the inputs read) only
-        when every cheaper check has passed."""
-        e = self.entry(item_id)
+                   weights_hash: str | None, outputs: list[Path], section: str = "items") -> bool:
+        """The resume rule (for an item, or with ``section="parts"`` a part). ``input_hash`` may be a
+        function: it is called (the inputs read) only when every cheaper check has passed."""
+        e = self.entry(item_id, section)
         cheap = bool(
             e
             and e.get("status") == "done"
