@@ -4,6 +4,13 @@
 output folder (the run flow), then calls this on its outputs; with ``--predictions``
 it scores outputs that already exist. Writes ``metrics.json`` and adds the metric
 table to ``run.json`` / ``report.html``.
+
+Run-level results: a pipeline's evaluate hook may carry ``summarize(per_item, out_dir, config) ->
+{"metrics": {...}, "figures": [paths], "files": [paths]}`` (paths relative to ``out_dir``, written by
+it), for metrics that are not a mean of the items (counts summed over items) and pictures. Its
+metrics go to ``metrics.json`` as ``overall`` (their numbers also to the report's metric table), its
+figures to the report. Structured per-item values (lists, dicts) stay in ``metrics.json``; run.json
+and the report's item table get the scalars.
 """
 
 from __future__ import annotations
@@ -28,6 +35,16 @@ def score_item(pipeline: str, item_id: str, prediction: str, reference: str, con
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+
+def _scalars(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not isinstance(v, (list, tuple, dict))}
+
+
+def _run_level(pipe, per_item: dict, out: Path, config) -> dict:
+    """The evaluate hook's ``summarize`` results (see the module docstring); {} when it has none."""
+    summarize = getattr(pipe.evaluate, "summarize", None)
+    return (summarize(per_item, out, config) or {}) if summarize is not None and per_item else {}
 
 
 @flow(name="imagingflows-evaluate")
@@ -62,18 +79,24 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
     keys = [k for k in keys if all(_is_number(m.get(k)) for m in per_item.values())]
     mean = {k: round(float(np.mean([m[k] for m in per_item.values()])), 5) for k in keys} if per_item else {}
     conventions = pipe.conventions(config)
+    run_level = _run_level(pipe, per_item, out, config)
+    overall = run_level.get("metrics") or {}
     metrics = {"pipeline": pipeline, "conventions": conventions, "per_item": per_item,
-               "mean": mean, "failed": failed, "n": len(per_item), "computed": now()}
+               "mean": mean, **({"overall": overall} if overall else {}), "failed": failed, "n": len(per_item),
+               **({"files": list(run_level["files"])} if run_level.get("files") else {}), "computed": now()}
     write_json(out / "metrics.json", metrics)
 
     manifest = RunManifest.open(out, pipeline=pipeline, command="evaluate", resume=True,
                                 packages=get_pipeline(pipeline).packages)
     for cid, m in per_item.items():
         entry = manifest.entry(cid) or {"status": "done"}
-        manifest.record(cid, {**entry, "metrics": m})
+        manifest.record(cid, {**entry, "metrics": _scalars(m)})
     for cid, msg in failed.items():
         manifest.record(cid, {**(manifest.entry(cid) or {}), "status": "failed", "error": msg})
-    manifest.set(metrics={"mean": mean, "labels": conventions}, finished=now())
+    table = {"mean": mean, **({"overall": {k: v for k, v in overall.items() if _is_number(v)}} if overall else {})}
+    figures = [f for f in manifest.data.get("figures") or [] if f not in run_level.get("figures", [])]
+    manifest.set(metrics={**table, "labels": conventions}, finished=now(),
+                 **({"figures": figures + list(run_level["figures"])} if run_level.get("figures") else {}))
     write_report(out, manifest.data)
     return {"metrics": metrics, "failed": failed}
 
