@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import types
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -23,6 +23,8 @@ from imagingflows.pipelines.options import Options, flag_of, meta
 def cli_type(annotation: Any) -> Any:
     """The type typer parses: choices as ``str``, ``X | None`` as ``Optional[X]``."""
     origin = get_origin(annotation)
+    if origin is Annotated:  # a type with its own parser (a comma list): typer sees what is inside
+        return cli_type(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
         return Optional[cli_type(inner[0])] if len(inner) == 1 else str

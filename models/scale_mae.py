@@ -39,8 +39,8 @@ from imagingflows.models.registry import ModelSpec
 OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}
 
 #: Key prefixes of the MAE pretraining model that the encoder does not use.
-MAE_ONLY_PREFIXES = ("decoder_blocks.", "decoder_embed.", "decoder_norm.", "decoder_pos_embed", "fcn_high.",
-                     "fcn_low.", "fcn.", "fpn.", "pos_emb_projection.", "mask_token", "mask_token_decoder")
+MAE_ONLY_PREFIXES = ("decoder_blocks.", "decoder_embed.", "decoder_norm.", "decoder_pos_embed", "decoder_pred.",
+                     "fcn_high.", "fcn_low.", "fcn.", "fpn.", "pos_emb_projection.", "mask_token", "mask_token_decoder")
 
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines import classify_evaluate as scoring
+from imagingflows.pipelines.base import Pipeline, part_of
 from imagingflows.pipelines.classify_options import ClassifyRun
 from imagingflows.pipelines.classify_patch_train import PatchTrain
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing import (
-    ENCODERS, discover, open_scene, patch_validity, pool_tokens, scene_stats, tile_batches,
+    ENCODERS, check_not_empty, discover, open_scene, part_path, patch_validity, pool_tokens, scene_stats, scene_windows, split_scene,
+    tile_batches,
 )
 from imagingflows.tasks.ingest import Item
 
@@ -40,6 +42,8 @@ DEMO_TRAINED_ON = "the bundled sample scenes with labels derived from the Landsa
 
 
 def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
+    if part_of(item_id):
+        return [part_path(out_dir, item_id, ".npz")]
     out = Path(out_dir)
     return [out / f"{item_id}_classes.tif", out / f"{item_id}_areas.json", out / "previews" / f"{item_id}.png"]
 
@@ -142,22 +146,28 @@ def tent(size: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def predict_scene(src, cfg: dict, stats: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Blended class probabilities on the patch grid: ``(probs (K, Gh, Gw), weight (Gh, Gw), counts)``."""
+def patch_grid_shape(src, cfg: dict) -> tuple[int, int]:
+    """``(rows, cols)`` of the scene's patch grid, padded edge tiles included."""
+    from imagingflows.tasks.raster_io import tile_windows
+
+    patch, g = cfg["patch_size"], cfg["tile"] // cfg["patch_size"]
+    windows = tile_windows(src.height, src.width, cfg["tile"], cfg["overlap"])
+    return max(w.row_off for w in windows) // patch + g, max(w.col_off for w in windows) // patch + g
+
+
+def accumulate_scene(src, cfg: dict, stats: tuple, windows: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Weighted class probabilities of ``windows`` on the scene's patch grid:
+    ``(sums (K, Gh, Gw), weight (Gh, Gw), counts)``; ``sums / weight`` is the blend."""
     import torch
 
     from imagingflows.models.encoder import encode
-    from imagingflows.tasks.raster_io import tile_windows
 
     enc, head = _encoder(cfg), model_of(cfg)
-    patch, tile = cfg["patch_size"], cfg["tile"]
-    g = tile // patch
-    windows = tile_windows(src.height, src.width, tile, cfg["overlap"])
-    rows = max(w.row_off for w in windows) // patch + g
-    cols = max(w.col_off for w in windows) // patch + g
+    patch, g = cfg["patch_size"], cfg["tile"] // cfg["patch_size"]
+    rows, cols = patch_grid_shape(src, cfg)
     k = len(cfg["classes"])
     acc, weight = np.zeros((k, rows, cols), np.float32), np.zeros((rows, cols), np.float32)
-    blend = tent(g)
+    centre_weights = tent(g)
     predicted = 0
     for batch in tile_batches(src, windows, stats, cfg["batch_size"], cfg["min_valid"]):
         predicted += len(batch)
@@ -171,11 +181,15 @@ def predict_scene(src, cfg: dict, stats: tuple) -> tuple[np.ndarray, np.ndarray,
             probs = class_probabilities(head, tokens[:, 1:])  # (B, G*G, K)
         for (w, _, _), p, ok in zip(batch, probs, valid):
             r, c = w.row_off // patch, w.col_off // patch
-            wt = blend * ok.reshape(g, g)
+            wt = centre_weights * ok.reshape(g, g)
             acc[:, r:r + g, c:c + g] += p.T.reshape(k, g, g) * wt
             weight[r:r + g, c:c + g] += wt
-    probs = np.divide(acc, weight[None], out=np.zeros_like(acc), where=weight[None] > 0)
-    return probs, weight, {"tiles": len(windows), "skipped_nodata": len(windows) - predicted}
+    return acc, weight, {"tiles": len(windows), "skipped_nodata": len(windows) - predicted}
+
+
+def blend(acc: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``sums (K, Gh, Gw) / weight (Gh, Gw)``; 0 where no tile predicted."""
+    return np.divide(acc, weight[None], out=np.zeros_like(acc), where=weight[None] > 0)
 
 
 # ----------------------------------------------------------------------------- write
@@ -225,19 +239,72 @@ def save_preview(path: Path, src, labels_grid: np.ndarray, patch: int, names: di
     return save_map_preview(path, stretch(bands, valid), labels, names)
 
 
+def _scene_stats(src, cfg: dict) -> tuple:
+    norm = cfg.get("normalization")
+    if norm:
+        return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32), "head"
+    return scene_stats(src, {**cfg, "mean": None, "std": None, "model_stats": None})
+
+
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
-    """Classify one scene; returns the manifest entry (outputs, summary, warnings)."""
+    """Classify one scene (or one block of its tiles); returns the manifest entry."""
+    t0 = time.perf_counter()
+    src, warnings = open_scene(item.paths["scene"], cfg, takes="the encoder")
+    stats = _scene_stats(src, cfg)
+    acc, weight, counts = accumulate_scene(src, cfg, stats, scene_windows(src, item, cfg))
+    if part_of(item.id):
+        return _save_part(item, out_dir, acc, weight, counts, stats, warnings, t0)
+    check_not_empty(item.paths["scene"], counts["tiles"] - counts["skipped_nodata"])
+    return finish_scene(item, Path(out_dir), cfg, src, stats, acc, weight, counts, warnings, t0)
+
+
+def _save_part(item: Item, out_dir: Path, acc, weight, counts: dict, stats: tuple, warnings: list,
+               t0: float) -> dict:
+    """A block's sums, cut to the patch rows its tiles touched (the merge adds them up)."""
+    from imagingflows.tasks.write import atomic_path
+
+    touched = np.flatnonzero(weight.any(1))
+    r0, r1 = (int(touched[0]), int(touched[-1]) + 1) if touched.size else (0, 0)
+    path = expected_outputs(item.id, out_dir)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, acc=acc[:, r0:r1], weight=weight[r0:r1], row=np.int64(r0))
+    entry = {"outputs": {"part": path.relative_to(out_dir).as_posix()}, "summary": counts,
+             "inference": {"normalization": stats[2], "seconds": round(time.perf_counter() - t0, 3)}}
+    if warnings:
+        entry["warnings"] = warnings
+    return entry
+
+
+def merge(item: Item, parts: list[dict], out_dir: Path, cfg: dict) -> dict:
+    """The blocks' sums added on the scene's patch grid, then written as an unsplit run writes them."""
+    t0 = time.perf_counter()
+    src, warnings = open_scene(item.paths["scene"], cfg, takes="the encoder")
+    rows, cols = patch_grid_shape(src, cfg)
+    acc = np.zeros((len(cfg["classes"]), rows, cols), np.float32)
+    weight = np.zeros((rows, cols), np.float32)
+    for e in parts:
+        with np.load(Path(out_dir) / e["outputs"]["part"]) as z:
+            r0 = int(z["row"])
+            acc[:, r0:r0 + z["weight"].shape[0]] += z["acc"]
+            weight[r0:r0 + z["weight"].shape[0]] += z["weight"]
+    counts = {k: sum(e["summary"][k] for e in parts) for k in ("tiles", "skipped_nodata")}
+    check_not_empty(item.paths["scene"], counts["tiles"] - counts["skipped_nodata"])
+    stats = (None, None, parts[0]["inference"]["normalization"])
+    entry = finish_scene(item, Path(out_dir), cfg, src, stats, acc, weight, counts, warnings, t0)
+    entry["inference"]["seconds"] = round(entry["inference"]["seconds"] + sum(e["inference"]["seconds"]
+                                                                               for e in parts), 3)
+    return entry
+
+
+def finish_scene(item: Item, out: Path, cfg: dict, src, stats: tuple, acc, weight, counts: dict, warnings: list,
+                 t0: float) -> dict:
+    """The class map, probabilities, areas and preview of a scene from its blended sums."""
     from imagingflows.tasks.geo_write import class_areas_km2
     from imagingflows.tasks.write import write_json
 
-    t0 = time.perf_counter()
-    src, warnings = open_scene(item.paths["scene"], cfg, takes="the encoder")
-    norm = cfg.get("normalization")
-    stats = (np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32), "head") if norm \
-        else scene_stats(src, {**cfg, "mean": None, "std": None, "model_stats": None})
-    probs, weight, counts = predict_scene(src, cfg, stats)
+    probs = blend(acc, weight)
     labels_grid = np.where(weight > 0, probs.argmax(0), NODATA).astype(np.uint8)
-    out = Path(out_dir)
     names = cfg["classes"]
     class_map = out / f"{item.id}_classes.tif"
     write_class_map(class_map, src, labels_grid, cfg["patch_size"], names)
@@ -283,4 +350,11 @@ def pipeline() -> Pipeline:
         derived_output_keys=("encoder_sha256", "level", "classes", "tile", "overlap", "bands", "res", "normalization",
                              "encoder_overrides"),
         packages=("rasterio", "rio-cogeo", "shapely"),
+        evaluate=scoring.evaluate_scene,  # class maps vs label rasters: confusion, accuracy, IoU (+ summarize)
+        evaluate_config=scoring.evaluate_config,
+        find_prediction=scoring.find_prediction,
+        find_reference=scoring.find_reference,
+        metric_conventions=scoring.metric_conventions,
+        split=split_scene,
+        merge=merge,
     )

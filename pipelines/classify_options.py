@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagingflows.pipelines.options import ModelOptions, option
-from imagingflows.pipelines.remote_sensing_options import Bands
+from imagingflows.pipelines.remote_sensing_options import Bands, block_tiles_option
 
 
 class ClassifyRun(ModelOptions):
@@ -32,3 +32,4 @@ class ClassifyRun(ModelOptions):
     probabilities: bool = option(False, "Also write <scene>_probs.tif: class probabilities at patch resolution.",
                                  output=True)
     require_crs: bool = option(False, "Fail a scene that has no CRS.", output=False)
+    block_tiles: int = block_tiles_option()

@@ -7,6 +7,9 @@ Out: ``<scene>.parquet`` (GeoParquet, the scene's CRS): one row per tile that ho
      with the tile polygon, its window (row, col, size), ``res``, nodata fraction, model and
      weights hash, and the embedding (``--pool cls``: the class token after the final norm, the
      official ``forward_features``; ``mean``: the mean of the patch tokens over valid patches).
+     ``--patch-features``: ``<scene>_patches.tif``, the patch tokens on the patch grid (half floats,
+     ``pipelines/patch_features.py``). A scene of more than ``--block-tiles`` tiles runs in blocks of
+     whole tile rows (separate tasks), merged into the same files.
 
 Conventions:
 - Tiles of ``--tile`` pixels (default the model's input size) at stride ``tile - overlap``; edge
@@ -22,13 +25,15 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines.base import Pipeline, part_of, parts_folder
+from imagingflows.pipelines.embed_train import EmbedTrain
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing_options import EmbedRun
 from imagingflows.tasks.ingest import InputError, Item
@@ -64,7 +69,44 @@ def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str,
 
 
 def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
+    part = part_of(item_id)
+    if part:
+        return [part_path(out_dir, item_id, ".parquet")]
     return [Path(out_dir) / f"{item_id}.parquet"]
+
+
+# ----------------------------------------------------------------------------- blocks of a huge scene
+
+def part_path(out_dir: Path, part_id: str, suffix: str) -> Path:
+    """Where the part ``<scene>#part<first>-<stop>`` keeps its result until the merge."""
+    of, first, stop = part_of(part_id)
+    return parts_folder(out_dir, of) / f"tiles{first:07d}-{stop:07d}{suffix}"
+
+
+def split_scene(item: Item, cfg: dict) -> list[tuple[int, int]]:
+    """Ranges of the scene's tile grid (row-major) in blocks of whole tile rows holding at most
+    ``--block-tiles`` tiles (one row at least), or [] when the scene fits in one block."""
+    from imagingflows.tasks.raster_io import tile_windows
+
+    block = int(cfg.get("block_tiles") or 0)
+    if block <= 0:
+        return []
+    src, _ = open_scene(item.paths["scene"], cfg)
+    windows = tile_windows(src.height, src.width, cfg["tile"], cfg["overlap"])
+    if len(windows) <= block:
+        return []
+    per_row = sum(w.row_off == 0 for w in windows)
+    step = max(1, block // per_row) * per_row
+    return [(first, min(first + step, len(windows))) for first in range(0, len(windows), step)]
+
+
+def scene_windows(src, item: Item, cfg: dict) -> list:
+    """The tiles this item runs: the whole grid, or its part's range of it."""
+    from imagingflows.tasks.raster_io import tile_windows
+
+    windows = tile_windows(src.height, src.width, cfg["tile"], cfg["overlap"])
+    part = (item.meta or {}).get("part")
+    return windows[part["first"]:part["stop"]] if part else windows
 
 
 # ----------------------------------------------------------------------------- model
@@ -95,6 +137,9 @@ def prepare(config: dict) -> dict:
         raise ValueError(f"--tile {tile} is not a multiple of the model's patch size {patch}")
     if cfg["overlap"] >= tile:
         raise ValueError(f"--overlap {cfg['overlap']} must be smaller than --tile {tile}")
+    if cfg["patch_features"] and cfg["overlap"] % patch:
+        raise ValueError(f"--patch-features needs --overlap ({cfg['overlap']}) to be a multiple of the model's "
+                         f"patch size {patch}")
     channels = int(lm.spec.channels_of(lm.config))
     stats = (lm.meta or {}).get("normalization")
     for key in ("mean", "std"):
@@ -185,30 +230,44 @@ def open_scene(path: str, cfg: dict, takes: str = "the model") -> tuple:
     if src.count != cfg["in_channels"]:
         raise InputError(f"{path}: {src.count} bands ({', '.join(src.band_names)}) but {takes} takes "
                          f"{cfg['in_channels']}; choose them with --bands")
+    warnings = []
+    if src.height < cfg["tile"] or src.width < cfg["tile"]:
+        warnings.append(f"the scene ({src.height} x {src.width} pixels) is smaller than one tile ({cfg['tile']}): "
+                        "it runs as one padded tile, the padding masked")
     if src.has_crs:
-        return src, []
+        return src, warnings
     if cfg["require_crs"]:
         raise InputError(f"{path}: no CRS (--require-crs)")
-    return src, ["the scene has no CRS: its outputs are in pixel-grid units, not georeferenced"]
+    return src, warnings + ["the scene has no CRS: its outputs are in pixel-grid units, not georeferenced"]
 
 
-def embed_scene(src, cfg: dict, stats: tuple):
-    """Every tile with valid pixels -> ``(rows, polygons, vectors (T, D), counts)``."""
+def check_not_empty(path: str, tiles_run: int) -> None:
+    """A scene none of whose tiles holds a valid pixel fails (rather than give an empty output)."""
+    if tiles_run == 0:
+        raise InputError(f"{path}: no valid pixel (every pixel is nodata, or --min-valid skips every tile)")
+
+
+def embed_scene(src, cfg: dict, stats: tuple, windows: list, features=None):
+    """Every tile of ``windows`` with valid pixels -> ``(rows, polygons, vectors (T, D), counts)``;
+    ``features`` (a :class:`~imagingflows.pipelines.patch_features.PatchFeatureWriter`) gets the patch tokens."""
     import torch
     from shapely.geometry import box
 
     from imagingflows.models.encoder import encode
-    from imagingflows.tasks.raster_io import tile_windows, window_bounds
+    from imagingflows.tasks.raster_io import window_bounds
 
     lm = model_of(cfg)
     res = tile_res(src, cfg)
-    windows = tile_windows(src.height, src.width, cfg["tile"], cfg["overlap"])
     rows, polygons, vectors = [], [], []
     for batch in tile_batches(src, windows, stats, cfg["batch_size"], cfg["min_valid"]):
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         valid = np.stack([b[2] for b in batch])
         tokens = encode(lm, x, torch.full((len(batch),), res, dtype=torch.float32), cfg["precision"])
-        pooled = pool_tokens(tokens, patch_validity(valid, cfg["patch_size"]), cfg["pool"])
+        patches_valid = patch_validity(valid, cfg["patch_size"])
+        pooled = pool_tokens(tokens, patches_valid, cfg["pool"])
+        if features is not None:
+            for (window, _, _), patch_tokens, ok in zip(batch, tokens[:, 1:].numpy(), patches_valid):
+                features.add(window, patch_tokens, ok)
         for (window, _, ok), vector in zip(batch, pooled):
             rows.append({"row": window.row_off, "col": window.col_off, "size": window.size, "res": res,
                          "nodata_fraction": round(1.0 - float(ok.mean()), 6), "model": lm.spec.name,
@@ -227,15 +286,30 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     t0 = time.perf_counter()
     src, warnings = open_scene(item.paths["scene"], cfg)
     mean, std, stats_from = scene_stats(src, cfg)
-    rows, polygons, vectors, counts = embed_scene(src, cfg, (mean, std))
-    path = Path(out_dir) / f"{item.id}.parquet"
+    windows = scene_windows(src, item, cfg)
+    path = expected_outputs(item.id, out_dir)[0]
+    features_path = path.with_name(path.stem + "_patches.tif") if cfg.get("patch_features") else None
+    with contextlib.ExitStack() as stack:
+        features = stack.enter_context(_feature_writer(features_path, src, item, cfg, windows)) \
+            if features_path else None
+        rows, polygons, vectors, counts = embed_scene(src, cfg, (mean, std), windows, features)
+        if not part_of(item.id):
+            check_not_empty(item.paths["scene"], counts["embedded"])
     meta = {"bands": list(src.band_names), "normalization": {"mean": mean.tolist(), "std": std.tolist(),
                                                              "from": stats_from},
             "tile": cfg["tile"], "overlap": cfg["overlap"], "pool": cfg["pool"], "res": counts["res"],
             "weights_sha256": cfg["weights_sha256"], "source": item.paths["scene"]}
-    write_geoparquet(path, rows, polygons, src.crs, vectors=vectors, metadata=meta)
+    try:
+        write_geoparquet(path, rows, polygons, src.crs, vectors=vectors, metadata=meta)
+    except BaseException:
+        if features_path:
+            features_path.unlink(missing_ok=True)
+        raise
+    outputs = {"part" if part_of(item.id) else "embeddings": path.relative_to(out_dir).as_posix()}
+    if features_path:
+        outputs["patch_features"] = features_path.relative_to(out_dir).as_posix()
     entry = {
-        "outputs": {"embeddings": path.relative_to(out_dir).as_posix()},
+        "outputs": outputs,
         "summary": {"tiles": counts["tiles"], "embedded": counts["embedded"], "skipped_nodata": counts["skipped_nodata"],
                     "dim": int(vectors.shape[1])},
         "inference": {"res": counts["res"], "normalization": stats_from, "bands": list(src.band_names),
@@ -244,6 +318,60 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     if warnings:
         entry["warnings"] = warnings
     return entry
+
+
+def _feature_writer(path: Path, src, item: Item, cfg: dict, windows: list):
+    from imagingflows.pipelines.patch_features import PatchFeatureWriter, core_rows, grid_shape
+
+    rows = None
+    if part_of(item.id):
+        total = grid_shape(src.height, src.width, cfg["patch_size"])[0]
+        rows = core_rows(windows, cfg["patch_size"], cfg["tile"], cfg["overlap"], total)
+    return PatchFeatureWriter(path, src, patch=cfg["patch_size"], tile=cfg["tile"], overlap=cfg["overlap"],
+                              dim=cfg["embed_dim"], rows=rows)
+
+
+def merge(item: Item, parts: list[dict], out_dir: Path, cfg: dict) -> dict:
+    """The parts' GeoParquet files, in tile order, as the scene's one file (what an unsplit run writes)."""
+    import geopandas as gpd
+
+    from imagingflows.tasks.geo_write import read_geoparquet_metadata, read_vectors, write_geoparquet
+
+    frames, vectors = [], []
+    for e in parts:
+        path = Path(out_dir) / e["outputs"]["part"]
+        frames.append(gpd.read_parquet(path))
+        vectors.append(read_vectors(path))
+    meta = read_geoparquet_metadata(Path(out_dir) / parts[0]["outputs"]["part"])
+    meta.pop("vectors", None)
+    table = gpd.pd.concat(frames, ignore_index=True)
+    rows = table.drop(columns=["geometry", "embedding"]).to_dict("records")
+    path = Path(out_dir) / f"{item.id}.parquet"
+    outputs = {"embeddings": path.relative_to(out_dir).as_posix()}
+    if cfg.get("patch_features"):
+        from imagingflows.pipelines.patch_features import merge_features
+
+        src, _ = open_scene(item.paths["scene"], cfg)
+        features = path.with_name(path.stem + "_patches.tif")
+        merge_features(features, [Path(out_dir) / e["outputs"]["patch_features"] for e in parts], src,
+                       patch=cfg["patch_size"], dim=cfg["embed_dim"])
+        outputs["patch_features"] = features.relative_to(out_dir).as_posix()
+    write_geoparquet(path, rows, list(table.geometry), table.crs, vectors=np.concatenate(vectors), metadata=meta)
+    summary = {k: sum(e["summary"][k] for e in parts) for k in ("tiles", "embedded", "skipped_nodata")}
+    check_not_empty(item.paths["scene"], summary["embedded"])
+    entry = {"outputs": outputs,
+             "summary": {**summary, "dim": parts[0]["summary"]["dim"]},
+             "inference": {**parts[0]["inference"], "seconds": round(sum(e["inference"]["seconds"] for e in parts), 3)}}
+    warnings = sorted({w for e in parts for w in e.get("warnings", [])})
+    if warnings:
+        entry["warnings"] = warnings
+    return entry
+
+
+def _train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
+    from imagingflows.pipelines.embed_train import train
+
+    return train(data_dir, run_dir, config)
 
 
 def pipeline() -> Pipeline:
@@ -255,6 +383,10 @@ def pipeline() -> Pipeline:
         process=process,
         expected_outputs=expected_outputs,
         run_options=EmbedRun,
+        train=_train,
+        train_options=EmbedTrain,
         derived_output_keys=("tile", "model_stats", "model_overrides"),
         packages=("rasterio", "geopandas", "pyarrow", "shapely"),
+        split=split_scene,
+        merge=merge,
     )

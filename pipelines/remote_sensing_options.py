@@ -20,6 +20,12 @@ Numbers = Annotated[tuple[float, ...], BeforeValidator(_split)]
 Bands = Annotated[tuple[str, ...], BeforeValidator(lambda v: tuple(str(b) for b in _split(v)))]
 
 
+def block_tiles_option():
+    return option(1024, "Split a scene with more tiles than this into blocks of this many tiles that run as "
+                        "separate items (spread over --workers or the Dask cluster) and are merged into one output "
+                        "per scene; resume works per block. 0: never split.", unit="tiles", ge=0, output=False)
+
+
 class EmbedRun(ModelOptions):
     bands: Bands | None = option(
         None, "Bands in the model's channel order, by 1-based index or by name (the file's band descriptions, "
@@ -50,3 +56,7 @@ class EmbedRun(ModelOptions):
                               unit="fraction", ge=0, lt=1, output=True)
     require_crs: bool = option(False, "Fail a scene that has no CRS (default: run, and say its outputs are not "
                                       "georeferenced).", output=False)
+    patch_features: bool = option(False, "Also write <scene>_patches.tif: the patch tokens (one band per channel, "
+                                         "half floats, NaN where no valid pixel) on the patch grid, 1/patch of "
+                                         "the scene's resolution, overlaying it.", output=True)
+    block_tiles: int = block_tiles_option()

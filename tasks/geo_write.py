@@ -182,6 +182,7 @@ class CogWriter:
     On an exception both temps are deleted and ``path`` is left as it was (old file or none).
     Memory: one window plus GDAL's block cache; the whole raster is never in memory.
     The temp GTiff needs the raster's uncompressed size (+1/3 for overviews) on disk.
+    ``nbits=16`` with float32 stores IEEE half floats (GDAL's NBITS; readers get float32 back).
     """
 
     def __init__(
@@ -200,6 +201,7 @@ class CogWriter:
         compress: str = "deflate",
         blocksize: int = 512,
         descriptions: Sequence[str | None] | None = None,
+        nbits: int | None = None,
     ):
         from rasterio.enums import Compression, Resampling
 
@@ -221,6 +223,9 @@ class CogWriter:
         if descriptions is not None and len(descriptions) != self.count:
             raise ValueError(f"{path}: {len(descriptions)} descriptions for {self.count} bands")
         self.compress, self.blocksize, self.descriptions = compress, int(blocksize), descriptions
+        if nbits is not None and not (nbits == 16 and self.dtype == np.float32):
+            raise ValueError(f"{path}: nbits is offered for half-precision floats only (16 with float32)")
+        self.nbits = {"NBITS": 16} if nbits else {}  # GDAL stores float32 as IEEE half floats
         self._tmp: Path | None = None
         self._ds = None
 
@@ -248,7 +253,7 @@ class CogWriter:
             driver="GTiff", height=self.height, width=self.width, count=self.count,
             dtype=self.dtype.name, crs=self.crs, transform=self.transform, nodata=self.nodata,
             tiled=True, blockxsize=self.blocksize, blockysize=self.blocksize, sparse_ok=True,
-            bigtiff="IF_SAFER",
+            bigtiff="IF_SAFER", **self.nbits,
         )  # fmt: skip
 
     def write(self, array: np.ndarray, row_off: int, col_off: int) -> None:
@@ -292,7 +297,7 @@ class CogWriter:
                 rasterio.shutil.copy(
                     self._tmp, out, driver="COG", BLOCKSIZE=self.blocksize,
                     COMPRESS=self.compress.upper(), OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE",
-                    BIGTIFF="IF_SAFER",
+                    BIGTIFF="IF_SAFER", **self.nbits,
                 )  # fmt: skip
         except Exception as e:  # noqa: BLE001 - re-raised with the path
             raise WriteError(f"{self.path}: could not write the COG: {e}") from e
