@@ -272,6 +272,23 @@ def embed_patches(enc, src, grid: LabelGrid, cfg: dict) -> dict:
             "val": np.concatenate(vs) if vs else np.zeros(0, bool), "tiles": len(windows), "val_tiles": len(strip)}
 
 
+def class_names(label_paths: list[Path], count: int) -> dict[int, str]:
+    """Ids ``0 .. count - 1`` named by the label rasters' ``CLASS_NAMES`` tag (JSON ``{"0": "land"}``, as
+    ``landsat_qa`` and ``sample_data/scenes.py`` write it), else by their numbers."""
+    import json
+
+    import rasterio
+
+    names: dict[int, str] = {}
+    for path in label_paths:
+        with rasterio.open(path) as src:
+            tag = src.tags().get("CLASS_NAMES")
+        if tag:
+            for k, v in json.loads(tag).items():
+                names.setdefault(int(k), str(v))
+    return {i: names.get(i, str(i)) for i in range(count)}
+
+
 def patch_data(data_dir: Path, enc, cfg: dict, labels: Path | None, val_fraction: float) -> dict:
     """Every labelled scene's patch features, split spatially: train/val features, labels, classes, stats."""
     from imagingflows.tasks.raster_io import open_raster
@@ -301,7 +318,7 @@ def patch_data(data_dir: Path, enc, cfg: dict, labels: Path | None, val_fraction
                      "taller than wide), whole tiles",
              "patches": {"train": int((~val).sum()), "val": int(val.sum())}}
     return {"x": x[~val], "y": y[~val], "x_val": x[val], "y_val": y[val], "split": split, "stats": stats,
-            "classes": {i: str(i) for i in range(max(int(y.max()) + 1, 2))}, "errors": errors,
+            "classes": class_names([lab for _, _, lab in scenes], max(int(y.max()) + 1, 2)), "errors": errors,
             "labels": {sid: str(lab) for sid, _, lab in scenes}}
 
 

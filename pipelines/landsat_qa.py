@@ -29,6 +29,7 @@ does not change the class (counted apart in :func:`write_qa_classes`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -141,6 +142,7 @@ def write_qa_classes(bqa_path: str | os.PathLike, out_path: str | os.PathLike) -
                    "nodata": NODATA, "crs": src.crs, "transform": src.transform, "compress": "deflate",
                    "tiled": True, "blockxsize": ROWS, "blockysize": ROWS}
         with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.update_tags(CLASS_NAMES=json.dumps({str(c): n for c, n in CLASS_NAMES.items() if c != NODATA}))
             for window in _row_bands(src.height, src.width, ROWS):
                 bqa = src.read(1, window=window)
                 classes = qa_classes(bqa)

@@ -176,3 +176,18 @@ def test_our_file_round_trips(encoder, io, tmp_path):
     again = load_model(tmp_path / "ours.pt")  # our file carries num_heads
     with torch.no_grad():
         assert torch.equal(again(io["x_96"], io["res_96"]), encoder.module(io["x_96"], io["res_96"]))
+
+
+def test_torchgeo_encoder_only_file_loads_and_matches(encoder, io, tmp_path):
+    """TorchGeo's ``vit_large_patch16_224_fmow_rgb_scalemae`` file is a flat OrderedDict of the encoder's
+    timm keys (no ``"model"`` wrapper, no decoder; the pickle holds only OrderedDict and tensors): it loads
+    weights-only with ``--arch scale_mae`` and gives the official outputs."""
+    from collections import OrderedDict
+
+    flat = OrderedDict((k, v) for k, v in read_checkpoint(CHECKPOINT).state_dict.items() if _roles()[k] != "ignored")
+    torch.save(flat, tmp_path / "vit_large_patch16_224_fmow_rgb_scalemae-98ed9821.pth")
+    net = load_model(tmp_path / "vit_large_patch16_224_fmow_rgb_scalemae-98ed9821.pth", arch="scale_mae",
+                     num_heads=4)
+    with torch.no_grad():
+        for case, x in CASES.items():
+            assert (net(io[x], io[f"res_{case}"]) - io[f"cls_{case}"]).abs().max() <= ATOL

@@ -186,6 +186,9 @@ def test_qa_on_the_real_bqa(tmp_path):
                (src.crs, src.transform, src.shape, 255, "uint8")
         classes = out.read(1)
     assert np.array_equal(classes, qa_classes(bqa))
+    from imagingflows.pipelines.classify_patch_train import class_names  # training names the classes by the tag
+
+    assert class_names([tmp_path / "qa.tif"], 4) == {0: "land", 1: "water", 2: "cloud", 3: "cirrus"}
     counts, shares = facts["counts"], facts["shares"]
     assert sum(counts.values()) == 627 * 603 and counts["nodata"] == 0  # an interior crop: no fill
     assert 0.03 < shares["cloud"] < 0.20  # the MTL's scene-wide CLOUD_COVER is 11.08 %; this crop: 6.0 %
