@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -228,11 +229,15 @@ def run_child(kind: str, args, extra: list[str], log: Path) -> dict:
     if args.tile:
         cmd.append(f"--tile={args.tile}")
     env = dict(os.environ, **({"GDAL_CACHEMAX": str(args.gdal_cachemax)} if args.gdal_cachemax else {}))
-    env.update(PREFECT_HOME=tempfile.mkdtemp(prefix="bench-rs-prefect-"), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+    home = tempfile.mkdtemp(prefix="bench-rs-prefect-")
+    env.update(PREFECT_HOME=home, DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_LOGGING_LEVEL="WARNING")
     t0 = time.perf_counter()
-    with open(log, "w") as out:
-        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        with open(log, "w") as out:
+            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     if rc != 0 or not result.is_file():
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"{kind} child failed (exit {rc}); log {log}:\n{tail}")
