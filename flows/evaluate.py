@@ -5,9 +5,8 @@ output folder (the run flow), then calls this on its outputs; with ``--predictio
 it scores outputs that already exist. Writes ``metrics.json`` and adds the metric
 table to ``run.json`` / ``report.html``.
 
-Run-level results: a pipeline's evaluate hook may carry ``summarize(per_item, out_dir, config) ->
-{"metrics": {...}, "figures": [paths], "files": [paths]}`` (paths relative to ``out_dir``, written by
-it), for metrics that are not a mean of the items (counts summed over items) and pictures. Its
+Run-level results: a pipeline's ``evaluate_summary(per_item, out_dir, config) -> {"metrics": {...},
+"figures": [paths], "files": [paths]}`` (paths relative to ``out_dir``, written by it), for metrics that are not a mean of the items (counts summed over items) and pictures. Its
 metrics go to ``metrics.json`` as ``overall`` (their numbers also to the report's metric table), its
 figures to the report. Structured per-item values (lists, dicts) stay in ``metrics.json``; run.json
 and the report's item table get the scalars.
@@ -42,8 +41,8 @@ def _scalars(m: dict) -> dict:
 
 
 def _run_level(pipe, per_item: dict, out: Path, config) -> dict:
-    """The evaluate hook's ``summarize`` results (see the module docstring); {} when it has none."""
-    summarize = getattr(pipe.evaluate, "summarize", None)
+    """The pipeline's ``evaluate_summary`` results (see the module docstring); {} when it has none."""
+    summarize = pipe.evaluate_summary
     return (summarize(per_item, out, config) or {}) if summarize is not None and per_item else {}
 
 

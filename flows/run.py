@@ -157,8 +157,8 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
     torch.set_num_threads(int(config.get("torch_threads") or torch.get_num_threads()))
     pipe = get_pipeline(pipeline_name)
     start = time.perf_counter()
-    try:
-        input_hash = hash_inputs(list(item["paths"].values()))  # before processing: the inputs as read
+    try:  # before processing: the inputs as read (a part has its item's, hashed once for all its parts)
+        input_hash = item.get("meta", {}).get("input_hash") or hash_inputs(list(item["paths"].values()))
         with listen(_ItemProgress(item_id, progress_artifact, position)):
             entry = pipe.process(Item.from_dict(item), Path(out_dir), config)
         entry["input_hash"] = input_hash
@@ -187,7 +187,7 @@ def merge_item(pipeline_name: str, item_id: str, item: dict, part_entries: list[
     pipe = get_pipeline(pipeline_name)
     start = time.perf_counter()
     try:
-        input_hash = hash_inputs(list(item["paths"].values()))
+        input_hash = item.get("meta", {}).get("input_hash") or hash_inputs(list(item["paths"].values()))
         entry = pipe.merge(Item.from_dict(item), part_entries, Path(out_dir), config)
         entry["input_hash"] = input_hash
         entry["seconds"] = round(sum(e.get("seconds") or 0 for e in part_entries) + time.perf_counter() - start, 2)
@@ -346,7 +346,8 @@ def _split(pipe, d: dict, config: dict) -> list[dict] | str:
         return pipe.scrub(message, d["paths"]) if config.get("anonymize") else message
     if len(ranges) <= 1:
         return []
-    return [part_item(item, first, stop).to_dict() for first, stop in ranges]
+    d["meta"] = {**d.get("meta", {}), "input_hash": hash_inputs(list(d["paths"].values()))}  # once, for all parts
+    return [part_item(Item.from_dict(d), first, stop).to_dict() for first, stop in ranges]
 
 
 def _open_manifest(pipe, out: Path, config: dict, resume: bool) -> tuple[RunManifest, str]:
@@ -363,7 +364,8 @@ def _up_to_date(pipe, manifest: RunManifest, d: dict, out: Path, cfg_hash: str, 
                 section: str = "items") -> bool:
     """Resume's rule for one item (or part); its inputs are hashed only to confirm a skip (every
     item that runs hashes its own inside its task, so the first result comes at once)."""
-    fresh = manifest.up_to_date(d["id"], input_hash=lambda: hash_inputs(list(d["paths"].values())),
+    known = d.get("meta", {}).get("input_hash")  # a part's: its item's, hashed once
+    fresh = manifest.up_to_date(d["id"], input_hash=known or (lambda: hash_inputs(list(d["paths"].values()))),
                                 cfg_hash=cfg_hash, weights_hash=config.get("weights_sha256"),
                                 outputs=pipe.expected_outputs(d["id"], out), section=section)
     if fresh:

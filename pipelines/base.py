@@ -99,6 +99,9 @@ class Pipeline:
             (default: its expected outputs, or its own folder; never the output folder).
         scrub: ``(message, item paths) -> message`` under anonymize (default: input paths and names).
         evaluate: scores one prediction; None: no ``run-flow evaluate <name>``.
+        evaluate_summary: ``(per_item metrics, out_dir, config) -> {"metrics", "figures", "files"}``: run-level
+            results that are not a mean of the items (counts summed over items) and pictures (see
+            flows/evaluate.py); None: the mean only.
         list_predictions: ``pred_dir -> [item ids]`` to score (default: the items done in its run.json).
         find_prediction / find_reference: locate an item's files (default: ``folder/<item_id>``).
         references_in_input: True when the input folder holds the references too, so
@@ -124,6 +127,7 @@ class Pipeline:
     cleanup: Callable[[str, Path], None] | None = None
     scrub: Callable[[str, dict[str, str] | None], str] = scrub_paths
     evaluate: Evaluate | None = None
+    evaluate_summary: Callable[[dict, Path, Any], dict] | None = None
     list_predictions: Callable[[Path], list[str]] = run_folder_items
     find_prediction: Find = find_file
     find_reference: Find = find_file

@@ -350,7 +350,8 @@ def pipeline() -> Pipeline:
         derived_output_keys=("encoder_sha256", "level", "classes", "tile", "overlap", "bands", "res", "normalization",
                              "encoder_overrides"),
         packages=("rasterio", "rio-cogeo", "shapely"),
-        evaluate=scoring.evaluate_scene,  # class maps vs label rasters: confusion, accuracy, IoU (+ summarize)
+        evaluate=scoring.evaluate_scene,  # class maps vs label rasters: confusion, accuracy, IoU
+        evaluate_summary=scoring.summarize,  # matrices summed over scenes, the confusion-matrix picture
         evaluate_config=scoring.evaluate_config,
         find_prediction=scoring.find_prediction,
         find_reference=scoring.find_reference,

@@ -283,6 +283,3 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: Path, *, title: str
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return Path(path)
-
-
-evaluate_scene.summarize = summarize  # the evaluate flow's run-level hook (see flows/evaluate.py)

@@ -36,6 +36,10 @@ BAND_FILE = re.compile(r"^(?P<stem>.+)_(?P<name>B(?P<number>\d+))$", re.IGNORECA
 MASK_KINDS = ("none", "nodata", "mask", "mask+nodata")
 WGS84_A, WGS84_E2 = 6378137.0, 6.69437999014e-3
 _CACHE_SIZE = 32
+#: GDAL's block cache, MB, unless the user sets GDAL_CACHEMAX: its default (5% of RAM: 6 GB on a 128 GB
+#: host) lets the reader's memory grow with the scene; tiles read row by row need about two rows of blocks.
+GDAL_CACHE_MB = 256
+os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))  # read by GDAL when its cache is first used
 _DECODE_CHECK_PIXELS = 1 << 20
 
 

@@ -13,6 +13,7 @@ import datetime as _dt
 import html
 import json
 import math
+import numbers
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -49,9 +50,12 @@ def _non_finite(f: float) -> str | None:
 
 
 def format_metric(v: Any) -> str:
-    """Metrics: three decimals (``0.912``, ``373.130``), thousands separators above 1000."""
+    """Metrics: three decimals (``0.912``, ``373.130``), thousands separators above 1000; counts (integers)
+    without decimals (``17,212``)."""
     if v is None:
         return ""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return f"{int(v):,}"
     if _is_number(v):
         f = float(v)
         return _non_finite(f) or f"{f:,.3f}"
