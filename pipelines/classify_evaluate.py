@@ -151,6 +151,21 @@ def count_confusion(pred_path: str | Path, ref_path: str | Path, level: str, til
 
 # ----------------------------------------------------------------------------- scores
 
+def reference_names(ref_path: str) -> dict[str, str]:
+    """The reference raster's own class names (its ``CLASS_NAMES`` tag, JSON ``{"0": "land"}``), if any:
+    they name the ids the run does not know."""
+    import json
+
+    import rasterio
+
+    with rasterio.open(ref_path) as src:
+        tag = src.tags().get("CLASS_NAMES")
+    try:
+        return {str(k): str(v) for k, v in json.loads(tag).items()} if tag else {}
+    except (ValueError, AttributeError):
+        return {}
+
+
 def class_names(ids: list[int], classes: dict) -> list[str]:
     """Names of ``ids``: the run's recorded names, ``class_<id>`` for ids it does not know."""
     return [str(classes.get(str(i), classes.get(i, f"class_{i}"))) for i in ids]
@@ -193,7 +208,7 @@ def evaluate_scene(pred_path: str, ref_path: str, cfg: dict | None) -> dict:
                          f"({counts['excluded_prediction_nodata']} {unit} without prediction, "
                          f"{counts['excluded_reference_nodata']} without label)")
     ids, small = _squeeze(conf, classes)
-    names = class_names(ids, classes)
+    names = class_names(ids, {**reference_names(ref_path), **{str(k): v for k, v in classes.items()}})
     return {**scores(small, names), **counts, "level": level, "unit": unit, "class_ids": ids, "class_names": names,
             "confusion": small.tolist()}
 
@@ -210,7 +225,8 @@ def pooled(per_item: dict[str, dict], classes: dict) -> dict:
         for k in counts:
             counts[k] += int(m.get(k, 0))
     ids, small = _squeeze(full, classes)
-    names = class_names(ids, classes)
+    seen = {str(i): n for m in per_item.values() for i, n in zip(m["class_ids"], m.get("class_names", []))}
+    names = class_names(ids, {**seen, **{str(k): v for k, v in classes.items()}})
     level = next(iter(per_item.values())).get("level") if per_item else None
     return {**scores(small, names), **counts, "level": level, "class_ids": ids, "class_names": names,
             "confusion": small.tolist()}
