@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from imagingflows.pipelines.options import ModelOptions, option
-from imagingflows.pipelines.remote_sensing_options import Bands, block_tiles_option
+from imagingflows.pipelines.remote_sensing_options import (
+    Bands,
+    Crs,
+    block_tiles_option,
+    check_crs_res,
+    crs_option,
+    crs_res_option,
+)
 
 
 class ClassifyRun(ModelOptions):
@@ -33,3 +42,7 @@ class ClassifyRun(ModelOptions):
                                  output=True)
     require_crs: bool = option(False, "Fail a scene that has no CRS.", output=False)
     block_tiles: int = block_tiles_option()
+    crs: Crs | None = crs_option()
+    crs_res: float | None = crs_res_option()
+
+    _crs_res_needs_crs = model_validator(mode="after")(check_crs_res)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, model_validator
 
 from imagingflows.pipelines.options import ModelOptions, option
 
@@ -18,6 +18,36 @@ def _split(value):
 
 Numbers = Annotated[tuple[float, ...], BeforeValidator(_split)]
 Bands = Annotated[tuple[str, ...], BeforeValidator(lambda v: tuple(str(b) for b in _split(v)))]
+
+
+def _crs_text(value: str) -> str:
+    """A CRS string rasterio accepts, kept as given (stripped); ValueError with the reason otherwise."""
+    from imagingflows.tasks.raster_io import parse_crs
+
+    parse_crs(value)
+    return value.strip()
+
+
+Crs = Annotated[str, AfterValidator(_crs_text)]
+
+
+def crs_option():
+    return option(None, "Reproject the scene onto a grid in this CRS (EPSG:4326, EPSG:3857, a WKT or PROJ string), "
+                        "read window by window through a warped VRT, bilinear; the collar outside the scene's "
+                        "footprint is nodata, and every output is on the warped grid. Default: no reprojection, "
+                        "the scene's own grid.", metavar="CRS", output=True)
+
+
+def crs_res_option():
+    return option(None, "Pixel size of the --crs grid, in that CRS's units (metres for UTM or EPSG:3857, degrees "
+                        "for EPSG:4326). Default: GDAL's choice, about the scene's own pixel count.",
+                  unit="target CRS units", gt=0, output=True)
+
+
+def check_crs_res(opts):
+    if opts.crs_res is not None and opts.crs is None:
+        raise ValueError("--crs-res sets the pixel size of the --crs grid: give --crs too")
+    return opts
 
 
 def block_tiles_option():
@@ -60,3 +90,7 @@ class EmbedRun(ModelOptions):
                                          "half floats, NaN where no valid pixel) on the patch grid, 1/patch of "
                                          "the scene's resolution, overlaying it.", output=True)
     block_tiles: int = block_tiles_option()
+    crs: Crs | None = crs_option()
+    crs_res: float | None = crs_res_option()
+
+    _crs_res_needs_crs = model_validator(mode="after")(check_crs_res)

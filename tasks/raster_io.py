@@ -11,6 +11,12 @@ Validity rule (the one GDAL's dataset mask uses): each band says "nodata" for a 
 its internal mask or alpha band, or the ``nodata`` override; **a pixel is invalid when every selected band says
 nodata** there, and tile padding outside the raster is always invalid. Pixel values are returned as stored
 (nodata values included, as float32); only the padding is 0.
+
+Reprojection happens only when asked (``open_raster(..., crs=...)``): each file is then read through a GDAL
+``WarpedVRT`` onto one target grid (GDAL's default transform for the footprint, or a forced pixel size), bilinear,
+window by window. The VRT has an alpha band, so a pixel is valid only where the warper had valid source pixels
+(the file's nodata value or the override, its internal mask): the collar outside the source footprint is invalid,
+never 0 taken as data. Every grid field of the :class:`RasterSource` is then the warped grid.
 """
 
 from __future__ import annotations
@@ -58,6 +64,30 @@ class TileWindow:
 
 
 @dataclass(frozen=True)
+class Warp:
+    """How the files are warped: a ``WarpedVRT`` per file onto the target grid ``crs`` (WKT), ``transform``,
+    ``width`` x ``height``, with ``resampling`` (a rasterio ``Resampling`` name). ``src_nodata[k]`` is the value
+    the warper treats as nodata in ``paths[k]`` (the override, else the file's; None: the file has no nodata
+    value, and the warper uses its internal mask if it has one). ``source_*`` is the grid of the files
+    themselves. Plain data, like :class:`RasterSource`."""
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+    resampling: str
+    src_nodata: tuple[float | None, ...]
+    source_crs: str
+    source_transform: tuple[float, float, float, float, float, float]
+    source_width: int
+    source_height: int
+
+    def vrt_key(self, k: int) -> tuple:
+        """What the WarpedVRT of file ``k`` depends on (hashable; the open-dataset cache key)."""
+        return self.crs, self.transform, self.width, self.height, self.resampling, self.src_nodata[k]
+
+
+@dataclass(frozen=True)
 class RasterSource:
     """What :func:`open_raster` found: the files, the selected bands and the grid. Plain data only.
 
@@ -69,6 +99,10 @@ class RasterSource:
     Mercator metres, larger than on the ground away from the equator), the local size on the WGS84 ellipsoid at
     the scene centre for a geographic CRS, None without a CRS or with unknown units. ``ground_pixel_size_m``
     is always the local ground size at the scene centre (None without a CRS).
+
+    ``warp`` (a :class:`Warp`) is set when the files are read reprojected: the grid fields above (``height``,
+    ``width``, ``crs``, ``transform``, pixel sizes) then describe the warped grid, every band's ``mask_kinds`` is
+    ``"mask"`` (the VRT's alpha band) and ``nodata`` keeps the value the warper used.
     """
 
     paths: tuple[str, ...]
@@ -84,6 +118,7 @@ class RasterSource:
     pixel_size: tuple[float, float]
     pixel_size_m: float | None
     ground_pixel_size_m: float | None
+    warp: Warp | None = None
 
     @property
     def count(self) -> int:
@@ -102,15 +137,30 @@ class RasterSource:
     def to_dict(self) -> dict:
         """JSON-ready: tuples become lists, NaN nodata becomes the string ``"nan"``."""
         d = {k: _jsonable(v) for k, v in asdict(self).items()}
-        d["nodata"] = [("nan" if v is not None and math.isnan(v) else v) for v in self.nodata]
+        d["nodata"] = _nan_out(self.nodata)
+        if self.warp is not None:
+            d["warp"] = {k: _jsonable(v) for k, v in d["warp"].items()} | {"src_nodata": _nan_out(self.warp.src_nodata)}
         return d
 
     @staticmethod
     def from_dict(d: dict) -> "RasterSource":
         d = dict(d)
-        d["nodata"] = [None if v is None else float(v) for v in d["nodata"]]
+        d["nodata"] = _nan_in(d["nodata"])
         d["selection"] = [tuple(s) for s in d["selection"]]
-        return RasterSource(**{f.name: _tuples(d[f.name]) for f in fields(RasterSource)})
+        warp = d.get("warp")
+        if warp is not None:
+            warp = Warp(**{f.name: _tuples(warp[f.name]) for f in fields(Warp) if f.name != "src_nodata"},
+                        src_nodata=_nan_in(warp["src_nodata"]))
+        values = {f.name: _tuples(d[f.name]) for f in fields(RasterSource) if f.name != "warp"}
+        return RasterSource(**values, warp=warp)
+
+
+def _nan_out(values) -> list:
+    return [("nan" if v is not None and math.isnan(v) else v) for v in values]
+
+
+def _nan_in(values) -> tuple:
+    return tuple(None if v is None else float(v) for v in values)
 
 
 def _jsonable(v):
@@ -125,15 +175,26 @@ def _tuples(v):
 
 
 def open_raster(path: str | os.PathLike, bands: Sequence[int | str] | str | None = None,
-                nodata: float | Sequence[float] | None = None) -> RasterSource:
+                nodata: float | Sequence[float] | None = None, crs: str | None = None,
+                res: float | None = None) -> RasterSource:
     """Describe a raster file or a folder of ``*_B<n>.tif`` band files; read no pixels beyond one block per file.
 
     ``bands``: 1-based indexes (ints or digit strings; positions in the stack for a folder) or names (band
     descriptions, colour interpretations such as ``"red"``, case-insensitive; a folder's suffixes such as
     ``"B4"``), in output order; a comma-separated string works too. Default: every band except alpha bands
     (file) or every ``B<n>`` file (folder). ``nodata`` overrides the files' nodata value: one number for all
-    bands or one per output band. Raises :class:`InputError` naming the file for anything unusable.
+    bands or one per output band. ``crs`` (any CRS string rasterio accepts: ``EPSG:4326``, WKT, PROJ): read the
+    files warped onto a grid in that CRS (:func:`warp_grid`; ``res`` forces its pixel size, in that CRS's units),
+    bilinear (not when ``crs`` is the files' own and ``res`` is not given); default: no reprojection, the files'
+    own grid. Raises :class:`InputError` naming the file for anything unusable (a file without a CRS under
+    ``crs`` included), ValueError for a ``crs`` that is not one.
     """
+    if res is not None and crs is None:
+        raise ValueError("res (the warped pixel size) needs crs")
+    try:
+        target = parse_crs(crs) if crs is not None else None
+    except ValueError as e:
+        raise ValueError(f"crs {crs!r}: {e}") from None
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -150,17 +211,89 @@ def open_raster(path: str | os.PathLike, bands: Sequence[int | str] | str | None
     nd = _nodata_override(p, chosen, nodata)
     kinds = tuple(_with_override(c["kind"], nd is not None) for c in chosen)
     values = tuple(nd[i] if nd is not None else c["nodata"] for i, c in enumerate(chosen))
+    selection = tuple((paths.index(c["path"]), c["index"]) for c in chosen)
+    warp = None
+    if target is not None and not (res is None and grid["crs"] is not None and target == _crs_of(grid)):
+        warp = _warp(p, grid, target, res, _src_nodata(paths, selection, values))
+        grid = _grid_info(str(p), warp.crs, warp.transform, warp.height, warp.width)
+        kinds = ("mask",) * len(chosen)  # the VRT's alpha band
     a, _, _, _, e, _ = grid["transform"]
     return RasterSource(
-        paths=paths,
-        selection=tuple((paths.index(c["path"]), c["index"]) for c in chosen),
+        paths=paths, selection=selection,
         band_names=tuple(c["name"] for c in chosen),
         height=grid["height"], width=grid["width"],
         dtype=str(np.result_type(*[np.dtype(c["dtype"]) for c in chosen])),
         crs=grid["crs"], transform=grid["transform"], nodata=values, mask_kinds=kinds,
         pixel_size=(abs(a), abs(e)),
-        pixel_size_m=_pixel_size_m(grid), ground_pixel_size_m=_ground_pixel_size_m(grid),
+        pixel_size_m=_pixel_size_m(grid), ground_pixel_size_m=_ground_pixel_size_m(grid), warp=warp,
     )
+
+
+def _crs_of(grid: dict):
+    from rasterio.crs import CRS
+
+    return CRS.from_wkt(grid["crs"])
+
+
+def parse_crs(text: str):
+    """A CRS string (``EPSG:32618``, WKT, PROJ, ``OGC:CRS84``) -> rasterio ``CRS``; ValueError saying why if not."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("not a CRS (give e.g. EPSG:4326, a WKT or a PROJ string)")
+    try:
+        with rasterio.Env():  # GDAL's errors go to rasterio's logger, not to stderr
+            return CRS.from_user_input(text.strip())
+    except CRSError as e:
+        reason = str(e).splitlines()[0] if str(e) else "unknown"
+        raise ValueError(f"not a CRS rasterio knows (e.g. EPSG:4326, a WKT or a PROJ string): {reason}") from None
+
+
+def warp_grid(src_crs: str, transform: tuple, height: int, width: int, target, res: float | None = None):
+    """GDAL's default target grid for a north-up source grid: ``(transform, width, height)`` covering the
+    footprint in ``target`` (a rasterio CRS), square pixels of about the source's pixel count, or of ``res``
+    target-CRS units (metres, or degrees for a geographic CRS) when given."""
+    from rasterio.crs import CRS
+    from rasterio.warp import calculate_default_transform
+
+    a, _, c, _, e, f = transform
+    left, right = sorted((c, c + a * width))
+    bottom, top = sorted((f, f + e * height))
+    t, w, h = calculate_default_transform(CRS.from_wkt(src_crs), target, width, height, left, bottom, right, top,
+                                          resolution=res)
+    return tuple(float(v) for v in tuple(t)[:6]), int(w), int(h)
+
+
+def _warp(p: Path, grid: dict, target, res: float | None, src_nodata: tuple) -> Warp:
+    from rasterio.errors import RasterioError
+
+    if grid["crs"] is None:
+        raise InputError(f"{p}: no CRS, so it cannot be reprojected to {target.to_string()[:60]} (--crs needs a "
+                         "georeferenced scene)")
+    try:
+        t, w, h = warp_grid(grid["crs"], grid["transform"], grid["height"], grid["width"], target, res)
+    except (RasterioError, ValueError) as e:
+        raise InputError(f"{p}: cannot be reprojected to {target.to_string()[:60]}: {e}") from e
+    if w <= 0 or h <= 0:
+        raise InputError(f"{p}: reprojected to {target.to_string()[:60]} it has no pixels ({h} x {w})")
+    return Warp(crs=target.to_wkt(), transform=t, width=w, height=h, resampling="bilinear", src_nodata=src_nodata,
+                source_crs=grid["crs"], source_transform=grid["transform"], source_width=grid["width"],
+                source_height=grid["height"])
+
+
+def _src_nodata(paths: tuple, selection: tuple, values: tuple) -> tuple:
+    """Per file, the one nodata value in force for its selected bands (the warper takes one per file)."""
+    out = []
+    for k, path in enumerate(paths):
+        mine = {("nan" if v is not None and math.isnan(v) else v) for (f, _), v in zip(selection, values) if f == k}
+        if len(mine) > 1:
+            raise InputError(f"{path}: its bands have different nodata values ({sorted(map(str, mine))}); "
+                             "reprojecting needs one per file: give --nodata")
+        (v,) = mine
+        out.append(float("nan") if v == "nan" else v)
+    return tuple(out)
 
 
 def _open_file(path: Path):
@@ -333,14 +466,19 @@ def _grid(path: str) -> dict:
     """Height, width, CRS (WKT), transform of one file; rejects rotated or flipped transforms."""
     with _open_file(Path(path)) as ds:
         t = tuple(float(v) for v in tuple(ds.transform)[:6])
-        crs = ds.crs
-        grid = {"path": path, "height": ds.height, "width": ds.width, "transform": t,
-                "crs": crs.to_wkt() if crs else None,
-                "units": _linear_factor(crs) if crs and crs.is_projected else None,
-                "geographic": bool(crs and crs.is_geographic),
-                "angular": _angular_factor(crs) if crs and crs.is_geographic else None}
+        grid = _grid_info(path, ds.crs.to_wkt() if ds.crs else None, t, ds.height, ds.width)
     _check_north_up(path, t)
     return grid
+
+
+def _grid_info(path: str, wkt: str | None, t: tuple, height: int, width: int) -> dict:
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(wkt) if wkt else None
+    return {"path": path, "height": height, "width": width, "transform": t, "crs": wkt,
+            "units": _linear_factor(crs) if crs and crs.is_projected else None,
+            "geographic": bool(crs and crs.is_geographic),
+            "angular": _angular_factor(crs) if crs and crs.is_geographic else None}
 
 
 def _linear_factor(crs) -> float | None:
@@ -546,7 +684,7 @@ def _read_block(src: RasterSource, row: int, col: int, h: int, w: int) -> tuple[
     (r0, r1, c0, c1), rw = inner
     for k, members in _by_file(src).items():
         indexes = [src.selection[i][1] for i in members]
-        raw = _dataset(src.paths[k]).read(indexes, window=rw)  # one read per file
+        raw = _dataset(src, k).read(indexes, window=rw)  # one read per file
         pixels[members, r0:r1, c0:c1] = raw
         valid[members, r0:r1, c0:c1] = _file_valid(src, k, members, rw, pixels=raw)
     return pixels, valid
@@ -555,7 +693,7 @@ def _read_block(src: RasterSource, row: int, col: int, h: int, w: int) -> tuple[
 def _file_valid(src: RasterSource, k: int, members: list[int], rw, pixels: np.ndarray | None) -> np.ndarray:
     """Per-band validity (len(members), h, w) inside the raster for the bands of file ``k``; ``pixels`` are
     those bands' values when already read (else the nodata-value bands are read here, in one call)."""
-    ds = _dataset(src.paths[k])
+    ds = _dataset(src, k)
     valid = np.ones((len(members), int(rw.height), int(rw.width)), bool)
     masks = _file_masks(ds, src, members, rw)
     by_value = [j for j, i in enumerate(members)
@@ -607,7 +745,7 @@ def read_overview(src: RasterSource, max_side: int) -> tuple[np.ndarray, np.ndar
     pixels = np.zeros((src.count, h, w), np.float32)
     valid = np.zeros((src.count, h, w), bool)
     for k, members in _by_file(src).items():
-        ds = _dataset(src.paths[k])
+        ds = _dataset(src, k)
         for i in members:
             b = src.selection[i][1]
             band = ds.read(b, out_shape=(h, w), resampling=Resampling.nearest)
@@ -651,7 +789,7 @@ def sample_band_stats(src: RasterSource, max_pixels: int = 200_000,
 def _sample_shape(src: RasterSource, max_pixels: int) -> tuple[int, int]:
     """Window shape: the first file's block shape, cut to at most an eighth of the budget."""
     k, b = src.selection[0]
-    bh, bw = _dataset(src.paths[k]).block_shapes[b - 1]
+    bh, bw = _dataset(src, k).block_shapes[b - 1]
     cap = max(1, max_pixels // 8)
     if bh * bw <= cap:
         return bh, bw
@@ -691,31 +829,65 @@ def _merge(n: int, mean: np.ndarray, m2: np.ndarray, x: np.ndarray):
 _local = threading.local()
 
 
-def _dataset(path: str):
-    """An open rasterio dataset for ``path``, kept per thread and process (opening costs ~1 ms per tile
-    otherwise); reopened when the file changes on disk."""
+def _dataset(src: RasterSource, k: int):
+    """The open dataset for file ``k`` of ``src``: the file, or its WarpedVRT when ``src.warp`` is set (a
+    VRT warps lazily, block by block, only the windows that are read)."""
+    path = src.paths[k]
+    return _cached(path, None if src.warp is None else src.warp.vrt_key(k))
+
+
+def _cached(path: str, vrt_key: tuple | None):
+    """An open rasterio dataset (or a WarpedVRT on it) for ``path``, kept per thread and process (opening costs
+    ~1 ms per tile otherwise); reopened when the file changes on disk."""
     cache: OrderedDict = getattr(_local, "cache", None)
     if cache is None or getattr(_local, "pid", None) != os.getpid():
         cache = _local.cache = OrderedDict()
         _local.pid = os.getpid()
     st = os.stat(path)
     key = (st.st_mtime_ns, st.st_size)
-    hit = cache.get(path)
-    if hit is not None and hit[0] == key and not hit[1].closed:
-        cache.move_to_end(path)
-        return hit[1]
+    name = (path, vrt_key)
+    hit = cache.get(name)
+    if hit is not None and hit[0] == key and not hit[1][-1].closed:
+        cache.move_to_end(name)
+        return hit[1][-1]
     if hit is not None:
-        hit[1].close()
+        _close(hit[1])
     ds = _open_file(Path(path))
-    cache[path] = (key, ds)
+    opened = (ds,) if vrt_key is None else (ds, _warped(ds, vrt_key))
+    cache[name] = (key, opened)
     while len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)[1][1].close()
-    return ds
+        _close(cache.popitem(last=False)[1][1])
+    return opened[-1]
+
+
+def _warped(ds, vrt_key: tuple):
+    """A WarpedVRT of ``ds`` onto the grid of ``vrt_key`` (see :meth:`Warp.vrt_key`), with an alpha band:
+    outside the source footprint and wherever the warper had no valid source pixel it is 0 (invalid). Reads
+    are never boundless (a WarpedVRT refuses them): the callers clip windows to the grid and pad by hand.
+
+    GDAL warps the VRT block by block (512 x 128 pixels), the transform approximated to 1/8 pixel per block
+    (its default, as gdalwarp): a pixel's value is that of ``rasterio.warp.reproject`` of its block, and may
+    differ from a reprojection of another region around it by that approximation (a few data values at sharp
+    edges)."""
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    crs, transform, width, height, resampling, src_nodata = vrt_key
+    extra = {} if src_nodata is None else {"src_nodata": src_nodata}
+    return WarpedVRT(ds, crs=CRS.from_wkt(crs), transform=Affine(*transform), width=width, height=height,
+                     resampling=Resampling[resampling], add_alpha=True, **extra)
+
+
+def _close(opened: tuple) -> None:
+    for ds in reversed(opened):  # the VRT before the file it reads
+        ds.close()
 
 
 def close_datasets() -> None:
     """Close the datasets this thread keeps open."""
     cache = getattr(_local, "cache", None) or {}
-    for _, ds in cache.values():
-        ds.close()
+    for _, opened in cache.values():
+        _close(opened)
     cache.clear()
