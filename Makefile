@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, make, git):
-#   make demo   install into .venv, then segment the bundled sample cases into demo_out/ and
-#               denoise / upscale x2 / deblur degraded copies of the sample images (demo_out/restore/)
+#   make demo   install into .venv, then segment the bundled sample cases into demo_out/,
+#               denoise / upscale x2 / deblur degraded copies of the sample images (demo_out/restore/),
+#               embed and classify the bundled Landsat scenes, and score the class map (demo_out/remote_sensing/)
 #   make test   install into .venv, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -qq --disable-pip-version-check
 STAMP := $(VENV)/.installed
+LANDSAT := landsat8_LC80200392015216LGN00
 TEST_ENV := PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 NO_ALBUMENTATIONS_UPDATE=1 \
             PREFECT_LOGGING_LEVEL=WARNING
 
@@ -28,7 +30,18 @@ demo: install
 	$(TEST_ENV) $(VENV)/bin/run-flow restore --task denoise --input demo_out/restore/noisy --output demo_out/restore/denoised
 	$(TEST_ENV) $(VENV)/bin/run-flow restore --task sr --scale 2 --input demo_out/restore/lowres --output demo_out/restore/sr
 	$(TEST_ENV) $(VENV)/bin/run-flow restore --task deblur --input demo_out/restore/blurred --output demo_out/restore/deblurred
-	@echo "open demo_out/report.html and demo_out/restore/{denoised,sr,deblurred}/report.html"
+	$(PY) -m sample_data.remote_sensing_demo scenes --out demo_out/remote_sensing/scenes > /dev/null
+	$(PY) -m sample_data.remote_sensing_demo prepare --out demo_out/remote_sensing/data > /dev/null
+	$(PY) -m sample_data.remote_sensing_demo east-reference --data demo_out/remote_sensing/data/classify \
+	    --out demo_out/remote_sensing/held_out_labels > /dev/null
+	$(TEST_ENV) $(VENV)/bin/run-flow embed --input demo_out/remote_sensing/scenes --output demo_out/remote_sensing/embed \
+	    --patch-features
+	$(TEST_ENV) $(VENV)/bin/run-flow classify --input demo_out/remote_sensing/scenes/$(LANDSAT) \
+	    --output demo_out/remote_sensing/classify --probabilities
+	$(TEST_ENV) $(VENV)/bin/run-flow evaluate classify --predictions demo_out/remote_sensing/classify \
+	    --reference demo_out/remote_sensing/held_out_labels --output demo_out/remote_sensing/evaluate
+	@echo "open demo_out/report.html, demo_out/restore/{denoised,sr,deblurred}/report.html and"
+	@echo "     demo_out/remote_sensing/{embed,classify,evaluate}/report.html"
 
 test: install
 	PREFECT_HOME=$$(mktemp -d) $(TEST_ENV) $(PY) -m pytest -q

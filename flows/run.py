@@ -165,13 +165,19 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
         entry["seconds"] = round(time.perf_counter() - start, 2)  # this item's own time, not queueing
         return entry
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
-        pipe.remove_failed(item_id, Path(out_dir))  # no partial outputs survive a failure
-        message = describe_error(exc)
-        if config.get("anonymize"):
-            message = pipe.scrub(message, item["paths"])
-        elif not isinstance(exc, InputError):
-            _log().exception("%s: unexpected error", item_id)
-        return Failed(message=message)
+        return Failed(message=_failure(pipe, item_id, item, out_dir, config, exc, "unexpected error"))
+
+
+def _failure(pipe, item_id: str, item: dict, out_dir: str, config: dict, exc: BaseException, what: str) -> str:
+    """Remove what the failed item wrote (no partial outputs survive), log the unexpected, and
+    return the reason (scrubbed of input paths under ``anonymize``)."""
+    pipe.remove_failed(item_id, Path(out_dir))
+    message = describe_error(exc)
+    if config.get("anonymize"):
+        return pipe.scrub(message, item["paths"])
+    if not isinstance(exc, InputError):
+        _log().exception("%s: %s", item_id, what)
+    return message
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{pipeline_name}-{item_id}-merge")
@@ -194,13 +200,8 @@ def merge_item(pipeline_name: str, item_id: str, item: dict, part_entries: list[
         entry["parts"] = len(part_entries)
         return entry
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
-        pipe.remove_failed(item_id, Path(out_dir))
-        message = describe_error(exc)
-        if config.get("anonymize"):
-            message = pipe.scrub(message, item["paths"])
-        elif not isinstance(exc, InputError):
-            _log().exception("%s: unexpected error while merging its parts", item_id)
-        return Failed(message=message)
+        return Failed(message=_failure(pipe, item_id, item, out_dir, config, exc,
+                                       "unexpected error while merging its parts"))
 
 
 class _ItemProgress:

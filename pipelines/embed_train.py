@@ -91,30 +91,10 @@ class EmbedTrain(TrainOptions):
 
 # ----------------------------------------------------------------------------- scenes
 
-def resolve_bands(path: str, spec) -> list[str] | None:
-    """``spec`` with each ``a|b`` position replaced by the first alternative the scene has."""
-    from imagingflows.tasks.raster_io import open_raster
-
-    if spec is None or not any("|" in b for b in spec):
-        return list(spec) if spec else None
-    chosen = []
-    for position in spec:
-        for alt in position.split("|"):
-            try:
-                open_raster(path, bands=[alt.strip()])
-            except InputError:
-                continue
-            chosen.append(alt.strip())
-            break
-        else:
-            raise InputError(f"{path}: has none of the bands {position!r}")
-    return chosen
-
-
 def open_scenes(opts: EmbedTrain, channels: int) -> list[tuple[str, object]]:
     """``[(scene id, RasterSource)]`` with the run's bands; no scene, or any scene that cannot give
     ``channels`` bands, is one error listing them all."""
-    from imagingflows.pipelines.remote_sensing import discover
+    from imagingflows.pipelines.remote_sensing import discover, resolve_bands
     from imagingflows.tasks.raster_io import open_raster
 
     if opts.data is None or not Path(opts.data).is_dir():
@@ -290,7 +270,7 @@ def _start(opts: EmbedTrain) -> tuple:
 
 def _channels(opts: EmbedTrain) -> int:
     """A fresh encoder's input channels: one per ``--bands`` entry, else the first scene's band count."""
-    from imagingflows.pipelines.remote_sensing import discover
+    from imagingflows.pipelines.remote_sensing import discover, resolve_bands
     from imagingflows.tasks.raster_io import open_raster
 
     if opts.bands:

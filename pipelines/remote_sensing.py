@@ -151,7 +151,7 @@ def prepare(config: dict) -> dict:
     if cfg["std"] is not None and min(cfg["std"]) <= 0:
         raise ValueError(f"--std values must be > 0, got {cfg['std']}")
     cfg.update(tile=tile, patch_size=patch, in_channels=channels, embed_dim=int(lm.config["embed_dim"]),
-               model_stats=stats)
+               model_stats=stats, bands=cfg["bands"] or (lm.meta or {}).get("bands"))  # default: the model's own
     cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
     return cfg
 
@@ -221,12 +221,34 @@ def tile_batches(src, windows: list, stats: tuple, batch_size: int, min_valid: f
         yield batch
 
 
+def resolve_bands(path: str, spec) -> list[str] | None:
+    """``spec`` with each ``a|b`` position replaced by the first alternative the scene has (``red|B4``
+    takes a file's band named red, or a band folder's B4), so one spec serves differently named scenes."""
+    from imagingflows.tasks.raster_io import open_raster
+
+    if spec is None or not any("|" in str(b) for b in spec):
+        return list(spec) if spec else None
+    chosen = []
+    for position in spec:
+        for alt in str(position).split("|"):
+            try:
+                open_raster(path, bands=[alt.strip()])
+            except InputError:
+                continue
+            chosen.append(alt.strip())
+            break
+        else:
+            raise InputError(f"{path}: has none of the bands {position!r}")
+    return chosen
+
+
 def open_scene(path: str, cfg: dict, takes: str = "the model") -> tuple:
     """The scene with the run's bands and nodata -> ``(RasterSource, warnings)``; a band count the
     model does not take, or no CRS under ``require_crs``, is an InputError."""
     from imagingflows.tasks.raster_io import open_raster
 
-    src = open_raster(path, bands=cfg["bands"], nodata=cfg["nodata"])
+    src = open_raster(path, bands=resolve_bands(path, cfg["bands"]), nodata=cfg["nodata"], crs=cfg.get("crs"),
+                      res=cfg.get("crs_res"))
     if src.count != cfg["in_channels"]:
         raise InputError(f"{path}: {src.count} bands ({', '.join(src.band_names)}) but {takes} takes "
                          f"{cfg['in_channels']}; choose them with --bands")
