@@ -21,6 +21,11 @@ Recipe:
 - Normalisation: per-band statistics of the valid pixels of the training scenes (pooled), recorded.
 - Metric: mIoU over the classes present in the held-out labels or predictions (``tp / (tp + fp + fn)``),
   with per-class IoU and patch accuracy. Features are kept in memory (``4 D`` bytes per patch).
+- ``--finetune`` (linear head): the encoder trains with the head (:func:`classify_train.finetune_fit`). The
+  scenes are indexed once: each kept tile's window and its patch targets (``N`` bytes a tile: the label of
+  each valid labelled patch, else 255), training strip and held-out strip apart, the same tiles and patches
+  as above; nothing else is cached: each step reads ``batch_size`` random training tiles from the scenes
+  again, and each epoch re-embeds the held-out strip with the current encoder (same mIoU as above).
 """
 
 from __future__ import annotations
@@ -289,8 +294,8 @@ def class_names(label_paths: list[Path], count: int) -> dict[int, str]:
     return {i: names.get(i, str(i)) for i in range(count)}
 
 
-def patch_data(data_dir: Path, enc, cfg: dict, labels: Path | None, val_fraction: float) -> dict:
-    """Every labelled scene's patch features, split spatially: train/val features, labels, classes, stats."""
+def _open_scenes(data_dir: Path, cfg: dict, labels: Path | None) -> tuple[list, list, list]:
+    """``(scenes, errors, [(scene id, RasterSource, LabelGrid)])``: the labelled scenes, opened and checked."""
     from imagingflows.tasks.raster_io import open_raster
 
     scenes, errors = find_scenes(Path(data_dir), labels)
@@ -304,6 +309,21 @@ def patch_data(data_dir: Path, enc, cfg: dict, labels: Path | None, val_fraction
             raise InputError(f"{path}: {src.count} bands ({', '.join(src.band_names)}) but the encoder takes "
                              f"{cfg['channels']}; choose them with --bands")
         opened.append((sid, src, place_labels(lab, src)))
+    return scenes, errors, opened
+
+
+def _split(opened: list, parts: list[dict], val_fraction: float, patches: tuple[int, int]) -> dict:
+    """The split record: tiles per scene on each side, the rule, ``patches`` (train, val) counted."""
+    return {"train": [f"{sid}: {p['tiles'] - p['val_tiles']} tiles" for (sid, _, _), p in zip(opened, parts)],
+            "val": [f"{sid}: {p['val_tiles']} tiles" for (sid, _, _), p in zip(opened, parts)],
+            "rule": f"spatial: the east {val_fraction:g} of each scene's tile columns (the south rows of a scene "
+                    "taller than wide), whole tiles",
+            "patches": {"train": int(patches[0]), "val": int(patches[1])}}
+
+
+def patch_data(data_dir: Path, enc, cfg: dict, labels: Path | None, val_fraction: float) -> dict:
+    """Every labelled scene's patch features, split spatially: train/val features, labels, classes, stats."""
+    scenes, errors, opened = _open_scenes(data_dir, cfg, labels)
     stats = pooled_stats([src for _, src, _ in opened])
     run = {**cfg, "_stats": stats[:2], "val_fraction": val_fraction}
     t0 = time.perf_counter()
@@ -312,11 +332,7 @@ def patch_data(data_dir: Path, enc, cfg: dict, labels: Path | None, val_fraction
     x, y, val = (np.concatenate([p[k] for p in parts]) for k in ("x", "y", "val"))
     if not (~val).any():
         raise ValueError(f"{data_dir}: no labelled patch with valid pixels to train on in {len(scenes)} scene(s)")
-    split = {"train": [f"{sid}: {p['tiles'] - p['val_tiles']} tiles" for (sid, _, _), p in zip(opened, parts)],
-             "val": [f"{sid}: {p['val_tiles']} tiles" for (sid, _, _), p in zip(opened, parts)],
-             "rule": f"spatial: the east {val_fraction:g} of each scene's tile columns (the south rows of a scene "
-                     "taller than wide), whole tiles",
-             "patches": {"train": int((~val).sum()), "val": int(val.sum())}}
+    split = _split(opened, parts, val_fraction, (int((~val).sum()), int(val.sum())))
     return {"x": x[~val], "y": y[~val], "x_val": x[val], "y_val": y[val], "split": split, "stats": stats,
             "classes": class_names([lab for _, _, lab in scenes], max(int(y.max()) + 1, 2)), "errors": errors,
             "labels": {sid: str(lab) for sid, _, lab in scenes}}
@@ -381,6 +397,8 @@ def train_patch(opts, run_dir: Path, device) -> dict:
 
     enc = tiles._encoder(opts, device)
     cfg = tiles._resolve(opts, enc)
+    if opts.finetune:
+        return finetune_patch(opts, run_dir, enc, cfg, device)
     data = patch_data(Path(opts.data), enc, cfg, opts.labels, opts.val_fraction)
     settings = {**tiles._settings(opts, enc, cfg, data["classes"]), "level": "patch", "labels": str(opts.labels)}
     meta = _meta(opts, enc, cfg, data)
@@ -421,3 +439,122 @@ def _knn(run_dir: Path, xt, yt, data: dict, opts, meta: dict, settings: dict, de
         save_checkpoint(path, probe, arch=KNN_SPEC.name, config=knn_config(probe), meta={**ck_meta, **extra})
     lm = LoadedModel(probe, KNN_SPEC, knn_config(probe), str(best_path), None, ck_meta, device)
     return fit.summary(lm, [], val.get("miou", -math.inf), _score(), data["split"], best_path, last_path)
+
+
+# ----------------------------------------------------------------------------- --finetune
+
+def scene_tiles(src, grid: LabelGrid, cfg: dict) -> dict:
+    """One scene's kept tiles without embedding them: ``{"train": [(window, target (N,) uint8)], "val": [...],
+    "tiles", "val_tiles"}``; ``target``: each patch's label where it has a valid pixel, else :data:`NO_LABEL`.
+    The tiles and patches :func:`embed_patches` keeps (skipped: empty or unlabelled tiles, and tiles left
+    without a target)."""
+    import rasterio
+
+    from imagingflows.pipelines.remote_sensing import patch_validity
+    from imagingflows.tasks.raster_io import is_empty, read_tile, tile_windows
+
+    windows = tile_windows(src.height, src.width, cfg["tile"], 0)
+    strip = held_out(windows, src.height, src.width, cfg["val_fraction"])
+    out: dict = {"train": [], "val": [], "tiles": len(windows), "val_tiles": len(strip)}
+    with rasterio.open(grid.path) as ds:
+        for w in windows:
+            if is_empty(src, w):
+                continue
+            labels = read_labels(ds, grid, src, w)
+            if (labels == NO_LABEL).all():
+                continue
+            _, valid = read_tile(src, w)
+            ok = patch_validity(valid[None], cfg["patch_size"])[0]
+            target = np.where(ok, patch_labels(labels[None], cfg["patch_size"])[0], NO_LABEL).astype(np.uint8)
+            if (target != NO_LABEL).any():
+                out["val" if w in strip else "train"].append((w, target))
+    return out
+
+
+def patch_tiles(data_dir: Path, cfg: dict, labels: Path | None, val_fraction: float) -> dict:
+    """:func:`patch_data` for fine-tuning: the same scenes, statistics, split and classes, with the kept tiles
+    indexed (``"train"`` / ``"val"``: ``[(scene index, window, target (N,))]``, ``"sources"``) instead of
+    embedded."""
+    scenes, errors, opened = _open_scenes(data_dir, cfg, labels)
+    stats = pooled_stats([src for _, src, _ in opened])
+    parts = [scene_tiles(src, grid, {**cfg, "val_fraction": val_fraction}) for _, src, grid in opened]
+    side = {k: [(i, w, t) for i, p in enumerate(parts) for w, t in p[k]] for k in ("train", "val")}
+    counts = {k: sum(int((t != NO_LABEL).sum()) for *_, t in side[k]) for k in side}
+    if not counts["train"]:
+        raise ValueError(f"{data_dir}: no labelled patch with valid pixels to train on in {len(scenes)} scene(s)")
+    top = max(int(t[t != NO_LABEL].max()) for *_, t in side["train"] + side["val"])
+    return {**side, "sources": [src for _, src, _ in opened], "stats": stats, "errors": errors,
+            "split": _split(opened, parts, val_fraction, (counts["train"], counts["val"])),
+            "classes": class_names([lab for _, _, lab in scenes], max(top + 1, 2)),
+            "labels": {sid: str(lab) for sid, _, lab in scenes}}
+
+
+def _read_tiles(data: dict, tiles: list) -> tuple[np.ndarray, np.ndarray]:
+    """``[(scene index, window, target)]`` -> ``(x (B, C, T, T) float32 normalised, targets (B, N) uint8)``."""
+    from imagingflows.pipelines.classify_train import normalise
+    from imagingflows.tasks.raster_io import read_tile
+
+    read = [read_tile(data["sources"][s], w) for s, w, _ in tiles]
+    return normalise(read, *data["stats"][:2]), np.stack([t for *_, t in tiles])
+
+
+def tile_batches(data: dict, batch: int, seed: int):
+    """The fine-tune batch factory: ``start_epoch -> draw() -> (x (B, C, T, T), keep (B, N) bool, y (B, N))``,
+    random training tiles read from their scenes again, ``y`` their patch targets."""
+    import torch
+
+    def batches(start_epoch: int):
+        gen = torch.Generator().manual_seed(seed * 1000 + start_epoch)
+
+        def draw():
+            idx = torch.randint(len(data["train"]), (batch,), generator=gen).tolist()
+            x, targets = _read_tiles(data, [data["train"][i] for i in idx])
+            y = torch.from_numpy(targets.astype(np.int64))
+            return torch.from_numpy(x), y != NO_LABEL, y
+        return draw
+    return batches
+
+
+def strip_features(enc, data: dict, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out strip through the encoder as it is now: ``(x (M, D) float32, y (M,) int64)``, the kept
+    patches in the order :func:`embed_patches` gives them."""
+    import torch
+
+    from imagingflows.models.encoder import encode
+
+    xs, ys = [], []
+    for start in range(0, len(data["val"]), cfg["batch_size"]):
+        x, targets = _read_tiles(data, data["val"][start:start + cfg["batch_size"]])
+        res = torch.full((len(x),), cfg["res"], dtype=torch.float32)
+        tokens = encode(enc, torch.from_numpy(x), res, cfg["precision"])[:, 1:].numpy()
+        keep = targets != NO_LABEL
+        xs.append(tokens[keep])
+        ys.append(targets[keep].astype(np.int64))
+    dim = int(enc.config["embed_dim"])
+    return (np.concatenate(xs) if xs else np.zeros((0, dim), np.float32),
+            np.concatenate(ys) if ys else np.zeros(0, np.int64))
+
+
+def finetune_patch(opts, run_dir: Path, enc, cfg: dict, device) -> dict:
+    """Patch-level ``--finetune``: the encoder and a linear head on the training strip's tiles, scored by mIoU
+    on the held-out strip re-embedded each epoch."""
+    import torch
+
+    from imagingflows.pipelines import classify_train as tiles
+
+    data = patch_tiles(Path(opts.data), cfg, opts.labels, opts.val_fraction)
+    names = data["classes"]
+    settings = tiles.finetune_settings(opts, {**tiles._settings(opts, enc, cfg, names), "level": "patch",
+                                              "labels": str(opts.labels)})
+    torch.manual_seed(opts.seed)
+    head = tiles._open(run_dir, "linear", int(enc.config["embed_dim"]), len(names), device)
+    state = tiles._guard(run_dir, head, settings)
+    out = tiles.finetune_fit(
+        enc, head, run_dir, state=state, opts=opts, cfg=cfg,
+        batches=tile_batches(data, min(opts.batch_size, len(data["train"])), opts.seed),
+        validate=lambda net: held_out_scores(net, *strip_features(enc, data, cfg), names, device), score=_score(),
+        settings=settings, meta=_meta(opts, enc, cfg, data), split=data["split"],
+        curve={"loss_label": "train loss (cross-entropy)", "series": {"held-out mIoU": "val_miou"},
+               "ylabel": "held-out mIoU", "ylim": (0.0, 1.0)},
+        describe=lambda v: f"held-out mIoU {v.get('miou', math.nan):.3f}")
+    return {**out, "errors": data["errors"]}
