@@ -26,6 +26,9 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import os
 import re
 import time
 from pathlib import Path
@@ -160,17 +163,28 @@ def prepare(config: dict) -> dict:
 
 def scene_stats(src, cfg: dict) -> tuple[np.ndarray, np.ndarray, str]:
     """Per-band ``(mean (C,), std (C,), source)`` in the data's units."""
-    from imagingflows.tasks.raster_io import sample_band_stats
-
     if cfg["mean"] is not None:
         return np.asarray(cfg["mean"], np.float32), np.asarray(cfg["std"], np.float32), "given"
     if cfg.get("model_stats"):
         s = cfg["model_stats"]
         return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32), "model"
-    mean, std, n = sample_band_stats(src)
+    mean, std, n = _measured(json.dumps(src.to_dict(), sort_keys=True), _stamps(src))
     if n == 0:
         raise InputError(f"{src.paths[0]}: no valid pixel (every pixel is nodata)")
     return np.asarray(mean, np.float32), np.maximum(np.asarray(std, np.float32), 1e-6), f"measured on {n} pixels"
+
+
+def _stamps(src) -> tuple:
+    """The files' (size, mtime): a changed file is measured again."""
+    return tuple((os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in src.paths)
+
+
+@functools.lru_cache(maxsize=64)
+def _measured(source_json: str, stamps: tuple) -> tuple:
+    """Sampled statistics of a source, once per process: the blocks of a split scene share them."""
+    from imagingflows.tasks.raster_io import RasterSource, sample_band_stats
+
+    return sample_band_stats(RasterSource.from_dict(json.loads(source_json)))
 
 
 def tile_res(src, cfg: dict) -> float:
