@@ -254,7 +254,8 @@ def compare(parquet: Path, naive_npz: Path) -> tuple[float, int]:
 
     table = pq.read_table(parquet, columns=["row", "col"])
     ours = dict(zip(zip(table["row"].to_pylist(), table["col"].to_pylist()), read_vectors(parquet)))
-    naive = np.load(naive_npz)
+    with np.load(naive_npz) as z:  # each z[key] reads and inflates the whole array again: take them once
+        naive = {k: z[k] for k in ("row", "col", "vectors")}
     index = {(int(r), int(c)): i for i, (r, c) in enumerate(zip(naive["row"], naive["col"]))}
     missing = [k for k in ours if k not in index]
     if missing:

@@ -216,16 +216,24 @@ def pool_tokens(tokens, patches_valid: np.ndarray, how: str) -> np.ndarray:
 def tile_batches(src, windows: list, stats: tuple, batch_size: int, min_valid: float):
     """The tiles holding valid pixels, normalised, in batches: lists of ``(window, x (C, T, T) float32,
     valid (T, T) bool)``; invalid pixels are 0 after normalisation. Empty tiles are decided from the
-    masks alone where the file allows, and are left out (their count is ``len(windows)`` minus the
-    tiles yielded). Reports progress per tile."""
+    masks alone where the file has them (mask band, alpha), from the one pixel read where a nodata
+    value is the mask, and are left out (their count is ``len(windows)`` minus the tiles yielded).
+    Reports progress per tile."""
     from imagingflows.models.progress import report
     from imagingflows.tasks.raster_io import is_empty, read_tile
 
     mean, std = stats[0][:, None, None], stats[1][:, None, None]
+    mask_is_pixels = all(kind == "nodata" for kind in src.mask_kinds)  # checking emptiness reads them anyway
     batch: list = []
     for done, window in enumerate(windows, 1):
-        if not is_empty(src, window, min_valid):
+        if mask_is_pixels:
             pixels, valid = read_tile(src, window)
+            keep = valid.any() and float(valid.mean()) > min_valid
+        else:
+            keep = not is_empty(src, window, min_valid)
+            if keep:
+                pixels, valid = read_tile(src, window)
+        if keep:
             batch.append((window, np.where(valid[None], (pixels - mean) / std, 0).astype(np.float32), valid))
             if len(batch) == batch_size:
                 yield batch
@@ -368,20 +376,12 @@ def _feature_writer(path: Path, src, item: Item, cfg: dict, windows: list):
 
 
 def merge(item: Item, parts: list[dict], out_dir: Path, cfg: dict) -> dict:
-    """The parts' GeoParquet files, in tile order, as the scene's one file (what an unsplit run writes)."""
-    import geopandas as gpd
+    """The parts' GeoParquet files, in tile order, as the scene's one file (what an unsplit run writes),
+    streamed part by part; the patch features likewise."""
+    from imagingflows.tasks.geo_write import concat_geoparquet
 
-    from imagingflows.tasks.geo_write import read_geoparquet_metadata, read_vectors, write_geoparquet
-
-    frames, vectors = [], []
-    for e in parts:
-        path = Path(out_dir) / e["outputs"]["part"]
-        frames.append(gpd.read_parquet(path))
-        vectors.append(read_vectors(path))
-    meta = read_geoparquet_metadata(Path(out_dir) / parts[0]["outputs"]["part"])
-    meta.pop("vectors", None)
-    table = gpd.pd.concat(frames, ignore_index=True)
-    rows = table.drop(columns=["geometry", "embedding"]).to_dict("records")
+    summary = {k: sum(e["summary"][k] for e in parts) for k in ("tiles", "embedded", "skipped_nodata")}
+    check_not_empty(item.paths["scene"], summary["embedded"])
     path = Path(out_dir) / f"{item.id}.parquet"
     outputs = {"embeddings": path.relative_to(out_dir).as_posix()}
     if cfg.get("patch_features"):
@@ -392,9 +392,7 @@ def merge(item: Item, parts: list[dict], out_dir: Path, cfg: dict) -> dict:
         merge_features(features, [Path(out_dir) / e["outputs"]["patch_features"] for e in parts], src,
                        patch=cfg["patch_size"], dim=cfg["embed_dim"])
         outputs["patch_features"] = features.relative_to(out_dir).as_posix()
-    write_geoparquet(path, rows, list(table.geometry), table.crs, vectors=np.concatenate(vectors), metadata=meta)
-    summary = {k: sum(e["summary"][k] for e in parts) for k in ("tiles", "embedded", "skipped_nodata")}
-    check_not_empty(item.paths["scene"], summary["embedded"])
+    concat_geoparquet(path, [Path(out_dir) / e["outputs"]["part"] for e in parts])
     entry = {"outputs": outputs,
              "summary": {**summary, "dim": parts[0]["summary"]["dim"]},
              "inference": {**parts[0]["inference"], "seconds": round(sum(e["inference"]["seconds"] for e in parts), 3)}}

@@ -168,6 +168,49 @@ def read_vectors(path: str | os.PathLike, column: str = "embedding") -> np.ndarr
     return col.flatten().to_numpy(zero_copy_only=True).reshape(len(col), dim)
 
 
+def concat_geoparquet(path: str | os.PathLike, parts: Sequence[str | os.PathLike]) -> Path:
+    """The GeoParquet files ``parts`` (same schema, as :func:`write_geoparquet` wrote them), rows in order,
+    as one file at ``path``, streamed one part at a time (memory: one part). The first part's file
+    metadata is kept, its ``geo`` bounding box widened to all parts'. Atomic."""
+    import pyarrow.parquet as pq
+
+    if not parts:
+        raise ValueError(f"{path}: no parts to join")
+    schema = pq.read_schema(parts[0])
+    metadata = dict(schema.metadata or {})
+    if b"geo" in metadata:
+        geo = json.loads(metadata[b"geo"])
+        for name, column in geo.get("columns", {}).items():
+            boxes = [b for b in (_bbox(q, name) for q in parts) if b]
+            if boxes:
+                column["bbox"] = [min(b[0] for b in boxes), min(b[1] for b in boxes),
+                                  max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        metadata[b"geo"] = json.dumps(geo).encode()
+    schema = schema.with_metadata(metadata)
+    try:
+        with atomic_path(path) as tmp:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+                for part in parts:
+                    table = pq.read_table(part)
+                    if not table.schema.equals(schema, check_metadata=False):
+                        raise ValueError(f"{part}: its columns differ from {parts[0]}'s")
+                    out.write_table(table.replace_schema_metadata(metadata))
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise WriteError(f"{path}: could not join {len(parts)} GeoParquet parts: {e}") from e
+    return Path(path)
+
+
+def _bbox(path, column: str) -> list[float] | None:
+    """A part's ``geo`` bounding box of ``column`` (None for a part without rows)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    if not meta.num_rows:
+        return None
+    geo = json.loads((meta.metadata or {}).get(b"geo", b"{}"))
+    return geo.get("columns", {}).get(column, {}).get("bbox")
+
+
 # --------------------------------------------------------------------------- COG writer
 
 

@@ -49,6 +49,10 @@ def test_embed_in_blocks_equals_the_unsplit_run(scenes, tmp_path):
     assert np.abs(va - vb).max() <= 1e-5  # batches are composed differently: float rounding only
     meta_a = read_geoparquet_metadata(tmp_path / "whole" / "rgb.parquet")
     assert read_geoparquet_metadata(tmp_path / "split" / "rgb.parquet") == meta_a
+    import pyarrow.parquet as pq  # the merged file's GeoParquet bounding box is the scene's, not the first block's
+
+    geo_a, geo_b = (json.loads(pq.read_schema(tmp_path / d / "rgb.parquet").metadata[b"geo"]) for d in ("whole", "split"))
+    assert geo_b["columns"]["geometry"]["bbox"] == pytest.approx(geo_a["columns"]["geometry"]["bbox"])
     entry_a, entry_b = _manifest(tmp_path / "whole")["items"]["rgb"], _manifest(tmp_path / "split")["items"]["rgb"]
     assert entry_b["summary"] == entry_a["summary"] and entry_b["parts"] == 4  # 12 rows of 13 tiles: blocks of 3 rows
     assert not _manifest(tmp_path / "split")["parts"]  # merged: the blocks are forgotten ...
