@@ -19,21 +19,29 @@ from __future__ import annotations
 
 import torch
 
-from imagingflows.models.demosaic_tiling import kernel_taps, run_tiled, site_masks, taps
+from imagingflows.models.demosaic_tiling import run_tiled, site_phases, split_phases
 
 NAME = "bilinear"
 HALO = 2  # support radius 1, rounded up to even
-_H_G = kernel_taps([[0, 1, 0], [1, 4, 1], [0, 1, 0]], scale=4)
-_H_RB = kernel_taps([[1, 2, 1], [2, 4, 2], [1, 2, 1]], scale=4)
 
 
-def _core(x: torch.Tensor, pattern: str) -> torch.Tensor:
-    m = site_masks(pattern, x.shape[-2], x.shape[-1], x.device)
-    zero = x.new_zeros(())
-    r = taps(torch.where(m["R"], x, zero), _H_RB)
-    g = taps(torch.where(m["G"], x, zero), _H_G)
-    b = taps(torch.where(m["B"], x, zero), _H_RB)
-    return torch.cat([r, g, b], dim=1)
+def _core(x: torch.Tensor, pattern: str) -> list[dict]:
+    """The kernels evaluated only where they have non-zero inputs: a missing colour is the mean
+    of its 2 (same row or column) or 4 (diagonal, or the 4 green neighbours) nearest samples."""
+    s = site_phases(pattern)
+    f = split_phases(x)
+    R, B, Gr, Gb = s["R"], s["B"], s["Gr"], s["Gb"]
+
+    def diag(ph):
+        return ((f.nb(ph, -1, -1) + f.nb(ph, -1, 1)) + (f.nb(ph, 1, -1) + f.nb(ph, 1, 1))) * 0.25
+
+    def cross(ph):
+        return (f.pair(ph, 1, "h") + f.pair(ph, 1, "v")) * 0.25
+
+    red = {R: f[R], Gr: f.pair(Gr, 1, "h") * 0.5, Gb: f.pair(Gb, 1, "v") * 0.5, B: diag(B)}
+    green = {R: cross(R), Gr: f[Gr], Gb: f[Gb], B: cross(B)}
+    blue = {B: f[B], Gb: f.pair(Gb, 1, "h") * 0.5, Gr: f.pair(Gr, 1, "v") * 0.5, R: diag(R)}
+    return [red, green, blue]
 
 
 def demosaic_bilinear(mosaic: torch.Tensor, pattern: str, *, tile: int | None = 1024) -> torch.Tensor:

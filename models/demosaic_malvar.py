@@ -25,27 +25,42 @@ from __future__ import annotations
 
 import torch
 
-from imagingflows.models.demosaic_tiling import kernel_taps, run_tiled, site_masks, taps
+from imagingflows.models.demosaic_tiling import run_tiled, site_phases, split_phases
 
 NAME = "malvar"
 HALO = 2
-_G_AT_RB = kernel_taps([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0],
-                        [0, 0, -1, 0, 0]], scale=8)
-_ROW_K = [[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, 0.5, 0, 0]]
-_C_AT_G_ROW = kernel_taps(_ROW_K, scale=8)  # the wanted colour is left and right
-_C_AT_G_COL = kernel_taps([list(c) for c in zip(*_ROW_K)], scale=8)  # ... above and below
-_C_AT_OPP = kernel_taps([[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0],
-                         [0, 0, -1.5, 0, 0]], scale=8)
 
 
-def _core(x: torch.Tensor, pattern: str) -> torch.Tensor:
-    m = site_masks(pattern, x.shape[-2], x.shape[-1], x.device)
-    g = torch.where(m["G"], x, taps(x, _G_AT_RB))
-    row, col, opp = taps(x, _C_AT_G_ROW), taps(x, _C_AT_G_COL), taps(x, _C_AT_OPP)
-    g_r_row, g_b_row = m["G"] & m["Rr"], m["G"] & m["Br"]
-    r = torch.where(m["R"], x, torch.where(g_r_row, row, torch.where(g_b_row, col, opp)))
-    b = torch.where(m["B"], x, torch.where(g_b_row, row, torch.where(g_r_row, col, opp)))
-    return torch.cat([r, g, b], dim=1)
+def _core(x: torch.Tensor, pattern: str) -> list[dict]:
+    """The three 5x5 kernels (and the transpose), each evaluated only at the sites it serves,
+    with equal weights grouped: ``(4 x + 2 n1 - n2) / 8`` etc."""
+    s = site_phases(pattern)
+    f = split_phases(x)
+    R, B, Gr, Gb = s["R"], s["B"], s["Gr"], s["Gb"]
+
+    def diag(ph):
+        return (f.nb(ph, -1, -1) + f.nb(ph, -1, 1)) + (f.nb(ph, 1, -1) + f.nb(ph, 1, 1))
+
+    def green_at(ph):  # G at R and B sites
+        return ((f[ph] * 4 + (f.pair(ph, 1, "h") + f.pair(ph, 1, "v")) * 2)
+                - (f.pair(ph, 2, "h") + f.pair(ph, 2, "v"))) * 0.125
+
+    def opposite_at(ph):  # B at R sites, R at B sites
+        return ((f[ph] * 6 + diag(ph) * 2) - (f.pair(ph, 2, "h") + f.pair(ph, 2, "v")) * 1.5) * 0.125
+
+    def at_green(ph):  # (colour found left/right, colour found above/below) at a green site
+        x5, d = f[ph] * 5, diag(ph)
+        h1, h2, v1, v2 = f.pair(ph, 1, "h"), f.pair(ph, 2, "h"), f.pair(ph, 1, "v"), f.pair(ph, 2, "v")
+        row = ((x5 + h1 * 4) - (h2 + d) + v2 * 0.5) * 0.125
+        col = ((x5 + v1 * 4) - (v2 + d) + h2 * 0.5) * 0.125
+        return row, col
+
+    r_at_gr, b_at_gr = at_green(Gr)  # red row: red left/right, blue above/below
+    b_at_gb, r_at_gb = at_green(Gb)
+    red = {R: f[R], Gr: r_at_gr, Gb: r_at_gb, B: opposite_at(B)}
+    green = {R: green_at(R), Gr: f[Gr], Gb: f[Gb], B: green_at(B)}
+    blue = {B: f[B], Gr: b_at_gr, Gb: b_at_gb, R: opposite_at(R)}
+    return [red, green, blue]
 
 
 def demosaic_malvar(mosaic: torch.Tensor, pattern: str, *, tile: int | None = 1024) -> torch.Tensor:

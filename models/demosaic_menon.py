@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from imagingflows.models.demosaic_tiling import run_tiled, shift, site_masks
+from imagingflows.models.demosaic_tiling import PhaseField, run_tiled, site_phases, split_phases
 
 NAME = "menon"
 HALO = 10
@@ -50,37 +50,7 @@ def _correlate_order(kernel: list[list[float]]) -> list[tuple[int, int, float]]:
 
 _D_H_TAPS = _correlate_order(_K)
 _D_V_TAPS = _correlate_order([list(c) for c in zip(*_K)])
-
-
-def _pair(x: torch.Tensor, d: int, axis: str) -> torch.Tensor:
-    """``x[j - d] + x[j + d]`` along columns (``"h"``) or rows (``"v"``)."""
-    if axis == "h":
-        return shift(x, 0, -d) + shift(x, 0, d)
-    return shift(x, -d, 0) + shift(x, d, 0)
-
-
-def _mean2(x: torch.Tensor, axis: str) -> torch.Tensor:
-    """scipy ``convolve1d(x, [0.5, 0, 0.5])``."""
-    return _pair(x, 1, axis) * 0.5
-
-
-def _mean3(x: torch.Tensor, axis: str) -> torch.Tensor:
-    """scipy ``convolve1d(x, ones(3) / 3)``."""
-    third = 1.0 / 3.0
-    return x * third + _pair(x, 1, axis) * third
-
-
-def _green(x: torch.Tensor, axis: str) -> torch.Tensor:
-    """scipy ``convolve1d(x, [0, .5, 0, .5, 0]) + convolve1d(x, [-.25, 0, .5, 0, -.25])``."""
-    return _pair(x, 1, axis) * 0.5 + (x * 0.5 + _pair(x, 2, axis) * -0.25)
-
-
-def _sum_taps(x: torch.Tensor, weights: list[tuple[int, int, float]]) -> torch.Tensor:
-    out = None
-    for dy, dx, w in weights:
-        term = shift(x, dy, dx) * w
-        out = term if out is None else out + term
-    return out
+_THIRD = 1.0 / 3.0
 
 
 def _decision_dtype(x: torch.Tensor) -> torch.dtype:
@@ -95,76 +65,84 @@ def _decision_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.device.type == "mps" else torch.float64
 
 
-def _core(x: torch.Tensor, pattern: str, refine: bool = True) -> torch.Tensor:
-    m = site_masks(pattern, x.shape[-2], x.shape[-1], x.device)
-    rm, gm, bm = m["R"], m["G"], m["B"]
-    zero = x.new_zeros(())
-    r0, g0, b0 = torch.where(rm, x, zero), torch.where(gm, x, zero), torch.where(bm, x, zero)
+def _mean2(f: PhaseField, ph, axis: str) -> torch.Tensor:
+    """scipy ``convolve1d(q, [0.5, 0, 0.5])`` at ``ph``: ``0 * q + (q[-1] + q[+1]) * 0.5``."""
+    return f.pair(ph, 1, axis) * 0.5
 
-    # 1-2: directional green and the a-posteriori decision (in float64, see _decision_dtype)
-    xd = x.to(_decision_dtype(x))
-    g_h = torch.where(gm, xd, _green(xd, "h"))
-    g_v = torch.where(gm, xd, _green(xd, "v"))
-    rb = rm | bm
-    c_h = torch.where(rb, xd - g_h, zero)
-    c_v = torch.where(rb, xd - g_v, zero)
-    d_h = _sum_taps((c_h - shift(c_h, 0, 2)).abs(), _D_H_TAPS)
-    d_v = _sum_taps((c_v - shift(c_v, 2, 0)).abs(), _D_V_TAPS)
-    del c_h, c_v, xd
-    horizontal = d_v >= d_h  # M
-    g = torch.where(horizontal, g_h, g_v).to(x.dtype)
-    del d_h, d_v, g_h, g_v
 
-    # 3: red and blue
-    g_r_row, g_b_row = gm & m["Rr"], gm & m["Br"]
-    r = torch.where(g_r_row, g + _mean2(r0, "h") - _mean2(g, "h"), r0)
-    r = torch.where(g_b_row, g + _mean2(r, "v") - _mean2(g, "v"), r)
-    b = torch.where(g_b_row, g + _mean2(b0, "h") - _mean2(g, "h"), b0)
-    b = torch.where(g_r_row, g + _mean2(b, "v") - _mean2(g, "v"), b)
-    r = torch.where(bm, torch.where(horizontal, b + _mean2(r, "h") - _mean2(b, "h"),
-                                    b + _mean2(r, "v") - _mean2(b, "v")), r)
-    b = torch.where(rm, torch.where(horizontal, r + _mean2(b, "h") - _mean2(r, "h"),
-                                    r + _mean2(b, "v") - _mean2(r, "v")), b)
-    del r0, g0, b0
+def _directional(f: PhaseField, ph, horizontal: torch.Tensor) -> torch.Tensor:
+    """scipy ``convolve1d(q, ones(3) / 3)`` along the chosen direction at ``ph``."""
+    q = f[ph] * _THIRD
+    return torch.where(horizontal, q + f.pair(ph, 1, "h") * _THIRD, q + f.pair(ph, 1, "v") * _THIRD)
+
+
+def _decide(x: PhaseField, s: dict, dtype: torch.dtype):
+    """Steps 1-2 at the R and B sites: the chosen green and the mask ``d_V >= d_H``."""
+    xd = PhaseField({ph: p.to(dtype) for ph, p in x.planes.items()})
+    green, c = {}, {}
+    for axis in ("h", "v"):
+        g = {ph: xd.pair(ph, 1, axis) * 0.5 + (xd[ph] * 0.5 + xd.pair(ph, 2, axis) * -0.25)
+             for ph in (s["R"], s["B"])}  # scipy: convolve1d(x, h_0) + convolve1d(x, h_1)
+        green[axis] = g
+        c[axis] = {ph: xd[ph] - g[ph] for ph in g}
+    d = {}
+    for axis, step, taps in (("h", (0, 2), _D_H_TAPS), ("v", (2, 0), _D_V_TAPS)):
+        cf = PhaseField(c[axis])
+        grad = PhaseField({ph: (cf[ph] - cf.nb(ph, *step)).abs() for ph in c[axis]})  # |C - C[+2]|
+        d[axis] = {}
+        for ph in c[axis]:
+            out = None
+            for dy, dx, w in taps:  # scipy's order; the taps landing on green sites add exact zeros
+                q = ((ph[0] + dy) % 2, (ph[1] + dx) % 2)
+                if q in grad.planes:
+                    term = grad.nb(ph, dy, dx) * w
+                    out = term if out is None else out + term
+            d[axis][ph] = out
+    horizontal = {ph: d["v"][ph] >= d["h"][ph] for ph in d["h"]}
+    g = {ph: torch.where(horizontal[ph], green["h"][ph], green["v"][ph]) for ph in horizontal}
+    return g, horizontal
+
+
+def _core(x: torch.Tensor, pattern: str, refine: bool = True) -> list[dict]:
+    s = site_phases(pattern)
+    R, B, Gr, Gb = s["R"], s["B"], s["Gr"], s["Gb"]
+    f = split_phases(x)
+    g_rb, hz = _decide(f, s, _decision_dtype(x))
+    g = PhaseField({R: g_rb[R].to(x.dtype), B: g_rb[B].to(x.dtype), Gr: f[Gr], Gb: f[Gb]})
+    zero = torch.zeros_like(f[R])
+
+    # 3: red and blue at green sites (from the two neighbours holding them), then R at B, B at R
+    r = PhaseField({R: f[R], B: zero, Gr: g[Gr] + _mean2(f, Gr, "h") - _mean2(g, Gr, "h"),
+                    Gb: g[Gb] + _mean2(f, Gb, "v") - _mean2(g, Gb, "v")})
+    b = PhaseField({B: f[B], R: zero, Gb: g[Gb] + _mean2(f, Gb, "h") - _mean2(g, Gb, "h"),
+                    Gr: g[Gr] + _mean2(f, Gr, "v") - _mean2(g, Gr, "v")})
+    r_at_b = torch.where(hz[B], f[B] + _mean2(r, B, "h") - _mean2(b, B, "h"),
+                         f[B] + _mean2(r, B, "v") - _mean2(b, B, "v"))
+    r = PhaseField({**r.planes, B: r_at_b})
+    b_at_r = torch.where(hz[R], f[R] + _mean2(b, R, "h") - _mean2(r, R, "h"),
+                         f[R] + _mean2(b, R, "v") - _mean2(r, R, "v"))
+    b = PhaseField({**b.planes, R: b_at_r})
     if refine:
-        r, g, b = _refine(r, g, b, m, horizontal)
-    return torch.cat([r, g, b], dim=1)
+        r, g, b = _refine(r, g, b, s, hz)
+    return [r.planes, g.planes, b.planes]
 
 
-def _directional(x: torch.Tensor, horizontal: torch.Tensor) -> torch.Tensor:
-    return torch.where(horizontal, _mean3(x, "h"), _mean3(x, "v"))
-
-
-def _refine(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor, m: dict[str, torch.Tensor],
-            horizontal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The refining step (colour-demosaicing's ``refining_step_Menon2007``)."""
-    rm, gm, bm = m["R"], m["G"], m["B"]
-    zero = r.new_zeros(())
-    # green at red and blue sites
-    b_g_m = torch.where(bm, _directional(b - g, horizontal), zero)
-    r_g_m = torch.where(rm, _directional(r - g, horizontal), zero)
-    g = torch.where(rm, r - r_g_m, g)
-    g = torch.where(bm, b - b_g_m, g)
+def _refine(r: PhaseField, g: PhaseField, b: PhaseField, s: dict, hz: dict):
+    """The refining step (colour-demosaicing's ``refining_step_Menon2007``), site by site."""
+    R, B, Gr, Gb = s["R"], s["B"], s["Gr"], s["Gb"]
+    # green at red and blue sites from the smoothed colour differences
+    b_g = PhaseField({ph: b[ph] - g[ph] for ph in (B, Gr, Gb)})
+    r_g = PhaseField({ph: r[ph] - g[ph] for ph in (R, Gr, Gb)})
+    g = PhaseField({**g.planes, R: r[R] - _directional(r_g, R, hz[R]), B: b[B] - _directional(b_g, B, hz[B])})
     # red and blue at green sites
-    r_g, b_g = r - g, b - g
-    sel = gm & m["Br"]
-    r_g_m = torch.where(sel, _mean2(r_g, "v"), r_g_m)
-    r = torch.where(sel, g + r_g_m, r)
-    sel = gm & m["Bc"]
-    r_g_m = torch.where(sel, _mean2(r_g, "h"), r_g_m)
-    r = torch.where(sel, g + r_g_m, r)
-    del r_g, r_g_m
-    sel = gm & m["Rr"]
-    b_g_m = torch.where(sel, _mean2(b_g, "v"), b_g_m)
-    b = torch.where(sel, g + b_g_m, b)
-    sel = gm & m["Rc"]
-    b_g_m = torch.where(sel, _mean2(b_g, "h"), b_g_m)
-    b = torch.where(sel, g + b_g_m, b)
-    del b_g, b_g_m
-    # red at blue sites and blue at red sites
-    r_b = r - b
-    r = torch.where(bm, b + torch.where(bm, _directional(r_b, horizontal), zero), r)
-    b = torch.where(rm, r - torch.where(rm, _directional(r_b, horizontal), zero), b)
+    r_g = PhaseField({R: r[R] - g[R]})
+    b_g = PhaseField({B: b[B] - g[B]})
+    r = PhaseField({**r.planes, Gb: g[Gb] + _mean2(r_g, Gb, "v"), Gr: g[Gr] + _mean2(r_g, Gr, "h")})
+    b = PhaseField({**b.planes, Gr: g[Gr] + _mean2(b_g, Gr, "v"), Gb: g[Gb] + _mean2(b_g, Gb, "h")})
+    # red at blue sites and blue at red sites from R - B
+    r_b = PhaseField({ph: r[ph] - b[ph] for ph in (R, B, Gr, Gb)})
+    r = PhaseField({**r.planes, B: b[B] + _directional(r_b, B, hz[B])})
+    b = PhaseField({**b.planes, R: r[R] - _directional(r_b, R, hz[R])})
     return r, g, b
 
 
@@ -175,7 +153,7 @@ def demosaic_menon(mosaic: torch.Tensor, pattern: str, *, tile: int | None = 102
     ``tile``: side of the region processed per step (halo included); ``None``: whole image.
     ``refining_step``: run the paper's refining step (default, as colour-demosaicing).
     """
-    def core(x: torch.Tensor, p: str) -> torch.Tensor:
+    def core(x: torch.Tensor, p: str) -> list[dict]:
         return _core(x, p, refine=refining_step)
 
     return run_tiled(core, mosaic, pattern, halo=HALO, tile=tile, who=NAME)

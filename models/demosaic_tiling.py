@@ -17,9 +17,9 @@ about the border block's first row/column, colour by colour.
 an even number, so every tile starts on the CFA grid and keeps the same pattern name); each
 tile reads its core plus ``halo`` pixels of context (real pixels inside the image, mirrored
 ones outside), runs the method, and keeps the core. The methods compute every pixel with the
-same elementwise operations (:func:`taps` is a shift-and-add, not a convolution routine whose
-summation order could depend on the tensor size), so tiled and untiled results are
-bit-identical. Memory is bounded by ``(tile)^2`` times the method's working tensors, not by
+same elementwise operations on the CFA's phase planes (:class:`PhaseField`: shifts and adds,
+not a convolution routine whose summation order could depend on the tensor size), so tiled
+and untiled results are bit-identical. Memory is bounded by ``(tile)^2`` times the method's working tensors, not by
 the image.
 
 Tensor shapes: mosaics ``(B, 1, H, W)`` float (any floating dtype, any device); results
@@ -28,7 +28,7 @@ Tensor shapes: mosaics ``(B, 1, H, W)`` float (any floating dtype, any device); 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,61 +71,79 @@ def mirror_index(lo: int, hi: int, n: int, device: torch.device | None = None) -
     return torch.where(i > n - 1, period - i, i)
 
 
-def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """``out[..., i, j] = x[..., i + dy, j + dx]``, zero outside ``x``; same shape as ``x``."""
-    return F.pad(x, (-dx, dx, -dy, dy))
+Phase = tuple[int, int]
 
 
-def taps(x: torch.Tensor, weights: Sequence[tuple[int, int, float]]) -> torch.Tensor:
-    """``out[..., i, j] = sum(w * x[..., i + dy, j + dx])`` over ``(dy, dx, w)``, zero outside ``x``.
-
-    Cross-correlation (no kernel flip): a scipy ``convolve`` kernel ``k`` of centre ``c`` has
-    taps ``(c - a, c - b, k[a, b])``. Same shape as ``x``; the zeros beyond ``x`` only reach the
-    halo that :func:`run_tiled` crops.
-    """
-    r = max(max(abs(dy), abs(dx)) for dy, dx, _ in weights)
-    h, w = x.shape[-2:]
-    xp = F.pad(x, (r, r, r, r)) if r else x
-    out = None
-    for dy, dx, wt in weights:
-        term = xp[..., r + dy:r + dy + h, r + dx:r + dx + w] * wt
-        out = term if out is None else out + term
-    return out
-
-
-def kernel_taps(kernel: Sequence[Sequence[float]], scale: float = 1.0, flip: bool = True) -> list[tuple[int, int, float]]:
-    """Taps of a 2-D kernel (odd size) given as a scipy ``convolve`` kernel (``flip=True``) or as a
-    cross-correlation (``flip=False``), each weight divided by ``scale``; zero weights dropped."""
-    cy, cx = len(kernel) // 2, len(kernel[0]) // 2
-    out = []
-    for a, row in enumerate(kernel):
-        for b, v in enumerate(row):
-            if v:
-                out.append(((cy - a, cx - b) if flip else (a - cy, b - cx)) + (v / scale,))
-    return out
-
-
-def site_masks(pattern: str, h: int, w: int, device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """Boolean ``(h, w)`` masks of a tile starting on the CFA grid.
-
-    Keys: ``R``, ``G``, ``B`` (the sites), ``Rr``/``Br`` (rows holding red/blue sites),
-    ``Rc``/``Bc`` (columns holding red/blue sites).
-    """
+def site_phases(pattern: str) -> dict[str, Phase]:
+    """Position in the 2x2 block of each site: ``R``, ``B``, ``Gr`` (green in a red row), ``Gb``."""
     index = channel_index(pattern)
     ry, rx = next((y, x) for y in range(2) for x in range(2) if index[y][x] == 0)
-    rows = torch.arange(h, device=device)[:, None] % 2
-    cols = torch.arange(w, device=device)[None, :] % 2
-    rr, rc = (rows == ry).expand(h, w), (cols == rx).expand(h, w)
-    br, bc = ~rr, ~rc
-    return {"R": rr & rc, "B": br & bc, "G": rr ^ rc, "Rr": rr, "Rc": rc, "Br": br, "Bc": bc}
+    return {"R": (ry, rx), "B": (1 - ry, 1 - rx), "Gr": (ry, 1 - rx), "Gb": (1 - ry, rx)}
+
+
+class PhaseField:
+    """A full-resolution quantity held as its 2x2 phase planes, ``(B, 1, h / 2, w / 2)`` each.
+
+    ``field[phase]`` is the plane of pixels ``(2 I + py, 2 J + px)``; :meth:`nb` gives, for every
+    pixel of one phase, the value at offset ``(dy, dx)`` (|dy|, |dx| <= 2) as a view, zero
+    beyond the tile. Methods compute each value only where the CFA needs it, with elementwise
+    operations, so every pixel's arithmetic is independent of the tile size.
+    """
+
+    def __init__(self, planes: dict[Phase, torch.Tensor]) -> None:
+        self.planes = planes
+        self._padded: dict[Phase, torch.Tensor] = {}
+
+    def __getitem__(self, phase: Phase) -> torch.Tensor:
+        return self.planes[phase]
+
+    def nb(self, phase: Phase, dy: int, dx: int) -> torch.Tensor:
+        qy, sy = divmod(phase[0] + dy, 2)[::-1]
+        qx, sx = divmod(phase[1] + dx, 2)[::-1]
+        plane = self.planes[(qy, qx)]
+        if sy == 0 and sx == 0:
+            return plane
+        padded = self._padded.get((qy, qx))
+        if padded is None:
+            padded = self._padded[(qy, qx)] = F.pad(plane, (1, 1, 1, 1))
+        h2, w2 = plane.shape[-2:]
+        return padded[..., 1 + sy:1 + sy + h2, 1 + sx:1 + sx + w2]
+
+    def pair(self, phase: Phase, d: int, axis: str) -> torch.Tensor:
+        """``q[j - d] + q[j + d]`` along columns (``"h"``) or rows (``"v"``) at ``phase``."""
+        if axis == "h":
+            return self.nb(phase, 0, -d) + self.nb(phase, 0, d)
+        return self.nb(phase, -d, 0) + self.nb(phase, d, 0)
+
+
+def split_phases(x: torch.Tensor) -> PhaseField:
+    """``(B, 1, h, w)`` -> its four phase planes."""
+    u = F.pixel_unshuffle(x, 2)  # (B, 4, h/2, w/2), channel 2 * py + px
+    return PhaseField({(py, px): u[:, 2 * py + px:2 * py + px + 1] for py in range(2) for px in range(2)})
+
+
+def _read(mosaic: torch.Tensor, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """Rows ``r0 .. r1 - 1`` and columns ``c0 .. c1 - 1`` of ``mosaic``, mirrored beyond its edges."""
+    h, w = mosaic.shape[-2:]
+    inner = mosaic[..., max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
+    if not any(pads):
+        return inner
+    if max(pads[:2]) < w and max(pads[2:]) < h:  # torch's reflect is the whole-sample mirror
+        return F.pad(inner, pads, mode="reflect")
+    rows = mirror_index(r0, r1, h, mosaic.device)  # pads wider than the image: fold again
+    cols = mirror_index(c0, c1, w, mosaic.device)
+    return mosaic.index_select(-2, rows).index_select(-1, cols)
 
 
 def run_tiled(core: Core, mosaic: torch.Tensor, pattern: str, *, halo: int, tile: int | None,
               who: str) -> torch.Tensor:
-    """Run ``core`` (``(B, 1, h, w)``, pattern -> ``(B, 3, h, w)``) over ``mosaic`` tile by tile.
+    """Run ``core`` over ``mosaic`` tile by tile.
 
     Args:
-        core: the method on one padded tile; its result is trusted ``halo`` pixels from the tile edges.
+        core: the method on one tile ``(B, 1, h, w)`` (h, w even; it starts on the CFA grid),
+            returning ``[red, green, blue]``, each ``{phase: (B, 1, h/2, w/2)}`` for the four
+            phases; trusted ``halo`` pixels from the tile edges.
         mosaic: ``(B, 1, H, W)`` float, H and W even.
         pattern: physical top-left 2x2 block, e.g. ``"RGGB"``.
         halo: even number of context pixels, at least the method's support radius.
@@ -150,14 +168,14 @@ def run_tiled(core: Core, mosaic: torch.Tensor, pattern: str, *, halo: int, tile
                              f"({2 * halo}) by at least 2 pixels")
         step_h, step_w = step, step
     out = mosaic.new_empty(b, 3, h, w)
-    dev = mosaic.device
+    k = halo // 2  # halo in phase-plane units
     for r0 in range(0, h, step_h):
         r1 = min(h, r0 + step_h)
-        rows = mirror_index(r0 - halo, r1 + halo, h, dev)
-        band = mosaic.index_select(2, rows)
         for c0 in range(0, w, step_w):
             c1 = min(w, c0 + step_w)
-            cols = mirror_index(c0 - halo, c1 + halo, w, dev)
-            y = core(band.index_select(3, cols), pattern)
-            out[:, :, r0:r1, c0:c1] = y[:, :, halo:halo + r1 - r0, halo:halo + c1 - c0]
+            channels = core(_read(mosaic, r0 - halo, r1 + halo, c0 - halo, c1 + halo), pattern)
+            for c, planes in enumerate(channels):
+                for (py, px), plane in planes.items():
+                    out[:, c:c + 1, r0 + py:r1:2, c0 + px:c1:2] = \
+                        plane[..., k:k + (r1 - r0) // 2, k:k + (c1 - c0) // 2]
     return out
