@@ -25,8 +25,9 @@ borders only (we mirror with CFA parity kept; it mirrors the mosaic the same way
 ``d_H``/``d_V`` with zeros beyond the image, ``mode="constant"``).
 
 Shapes: ``(B, 1, H, W)`` float mosaic -> ``(B, 3, H, W)`` of the same dtype/device, not
-clipped. H, W even. Support radius 9 (4 for the decision, 6 after step 3, 9 after the
-refining step), halo 10. Memory: about 30 tile-sized planes at once, so ``tile`` bounds it
+clipped. H, W even. Support radius at most 9 (4 for the decision, 6 after step 3, 9 after
+the refining step; tiles were already exact with halo 8 on the test image), halo 10.
+Memory: a few dozen quarter-size phase planes per tile, so ``tile`` bounds it
 (colour-demosaicing's refining step holds whole-image float64 planes: +3 GB on 21 MP).
 """
 

@@ -1,4 +1,5 @@
-"""Shared machinery of the classical demosaickers: input checks, CFA-parity padding, tiles, taps.
+"""Shared machinery of the classical demosaickers: input checks, CFA-parity padding,
+tiles, phase planes.
 
 **Padding rule (CFA parity kept).** A method whose output at a pixel depends on the mosaic up to
 ``r`` pixels away pads by ``halo = 2 * ceil(r / 2)`` pixels (an even number) on every side with
@@ -10,8 +11,11 @@ the *same CFA colour*; the even width keeps the padded mosaic's top-left 2x2 blo
 the pattern. (scipy's ``reflect``, the half-sample mirror ``... b a | a b ...`` that
 colour-demosaicing's bilinear and Malvar use, maps ``-1 -> 0`` and so puts a green next to a
 green where a red should be: a constant input comes back as 0.75 / 2.25 along the borders.)
-Equivalent statement in CFA periods: the padded 2x2 blocks are the image's blocks mirrored
-about the border block's first row/column, colour by colour.
+In CFA terms: each colour's sub-lattice is mirrored on its own (the phase plane holding the
+border row is mirrored about that row, the other phase plane about the half-way line), which is
+why the mirror is smooth *and* parity-safe. Copying whole 2x2 blocks in mirrored order
+(``-2 <- 0``, ``-1 <- 1``) would keep the parity too but shift the image by a pixel at the
+border; the whole-sample mirror is the parity-keeping reflection.
 
 **Tiles.** The image is cut into cores of ``tile - 2 * halo`` pixels per axis (rounded down to
 an even number, so every tile starts on the CFA grid and keeps the same pattern name); each
@@ -19,8 +23,8 @@ tile reads its core plus ``halo`` pixels of context (real pixels inside the imag
 ones outside), runs the method, and keeps the core. The methods compute every pixel with the
 same elementwise operations on the CFA's phase planes (:class:`PhaseField`: shifts and adds,
 not a convolution routine whose summation order could depend on the tensor size), so tiled
-and untiled results are bit-identical. Memory is bounded by ``(tile)^2`` times the method's working tensors, not by
-the image.
+and untiled results are bit-identical. Memory is bounded by ``tile ** 2`` times the method's
+working planes, not by the image.
 
 Tensor shapes: mosaics ``(B, 1, H, W)`` float (any floating dtype, any device); results
 ``(B, 3, H, W)`` of the same dtype and device. H and W must be even.
@@ -35,7 +39,7 @@ import torch.nn.functional as F
 
 from imagingflows.models.cfa import channel_index, check_pattern
 
-Core = Callable[[torch.Tensor, str], torch.Tensor]
+Core = Callable[[torch.Tensor, str], list]  # tile, pattern -> [R, G, B] phase-plane dicts
 
 
 def check_mosaic(mosaic: torch.Tensor, pattern: str, who: str = "demosaic") -> str:
