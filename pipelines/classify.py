@@ -30,8 +30,8 @@ from imagingflows.pipelines.classify_options import ClassifyRun
 from imagingflows.pipelines.classify_patch_train import PatchTrain
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing import (
-    ENCODERS, check_not_empty, discover, open_scene, part_path, patch_validity, pool_tokens, scene_stats, scene_windows, split_scene,
-    tile_batches,
+    ENCODERS, check_not_empty, default_batch, discover, open_scene, part_path, patch_validity, pool_tokens,
+    scene_stats, scene_windows, split_scene, tile_batches,
 )
 from imagingflows.tasks.ingest import Item
 
@@ -107,6 +107,7 @@ def prepare(config: dict) -> dict:
     cfg.update(
         encoder=encoder_file, encoder_sha256=encoder.weights_sha256, encoder_overrides=overrides,
         level=level, classes={int(k): str(v) for k, v in meta["classes"].items()}, tile=tile, overlap=overlap,
+        batch_size=cfg["batch_size"] or default_batch(tile),
         patch_size=patch, in_channels=int(encoder.spec.channels_of(encoder.config)),
         bands=cfg["bands"] or meta.get("bands"), res=float(cfg["res"] or meta.get("res") or 1.0),
         pool=meta.get("pool", "cls"), normalization=meta.get("normalization"),

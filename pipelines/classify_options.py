@@ -35,7 +35,8 @@ class ClassifyRun(ModelOptions):
                                   output=True)
     res: float | None = option(None, "Scale-MAE's relative GSD scale. Default: the head's.", unit="relative scale",
                                gt=0, output=True)
-    batch_size: int = option(8, "Tiles per forward pass.", unit="tiles", ge=1, output=True)
+    batch_size: int | None = option(None, "Tiles per forward pass. Default: 8 tiles of 224 px, as many pixels in "
+                                          "smaller tiles (at most 128 tiles).", unit="tiles", ge=1, output=True)
     min_valid: float = option(0.0, "Skip tiles whose valid share is at most this.", unit="fraction", ge=0, lt=1,
                               output=True)
     probabilities: bool = option(False, "Also write <scene>_probs.tif: class probabilities at patch resolution.",

@@ -154,7 +154,8 @@ def prepare(config: dict) -> dict:
     if cfg["std"] is not None and min(cfg["std"]) <= 0:
         raise ValueError(f"--std values must be > 0, got {cfg['std']}")
     cfg.update(tile=tile, patch_size=patch, in_channels=channels, embed_dim=int(lm.config["embed_dim"]),
-               model_stats=stats, bands=cfg["bands"] or (lm.meta or {}).get("bands"))  # default: the model's own
+               model_stats=stats, bands=cfg["bands"] or (lm.meta or {}).get("bands"),  # default: the model's own
+               batch_size=cfg["batch_size"] or default_batch(tile))
     cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
     return cfg
 
@@ -211,6 +212,12 @@ def pool_tokens(tokens, patches_valid: np.ndarray, how: str) -> np.ndarray:
     weights = patches_valid.astype(np.float32)
     patch_tokens = tokens[:, 1:].numpy()
     return (patch_tokens * weights[..., None]).sum(1) / np.maximum(weights.sum(1, keepdims=True), 1)
+
+
+def default_batch(tile: int) -> int:
+    """Tiles per forward pass: 8 of 224 px (the official input), as many pixels in smaller tiles, at most
+    128 (small tiles in small batches leave the encoder's matrix products too short to be efficient)."""
+    return int(min(128, max(8, round(8 * (224 / tile) ** 2))))
 
 
 def tile_batches(src, windows: list, stats: tuple, batch_size: int, min_valid: float):

@@ -79,7 +79,8 @@ class EmbedRun(ModelOptions):
                                          output=True)
     pool: Literal["cls", "mean"] = option("cls", "cls: the class token after the final norm; mean: the mean of the "
                                                  "patch tokens over valid patches.", output=True)
-    batch_size: int = option(8, "Tiles per forward pass.", unit="tiles", ge=1, output=True)
+    batch_size: int | None = option(None, "Tiles per forward pass. Default: 8 tiles of 224 px, as many pixels in "
+                                          "smaller tiles (at most 128 tiles).", unit="tiles", ge=1, output=True)
     num_heads: int | None = option(None, "Attention heads, for an encoder whose width is not an official size "
                                          "(the head count is not in the weights).", unit="heads", ge=1, output=True)
     min_valid: float = option(0.0, "Skip tiles whose valid share is at most this (0: skip only all-nodata tiles).",
