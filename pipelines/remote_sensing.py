@@ -349,7 +349,8 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     meta = {"bands": list(src.band_names), "normalization": {"mean": mean.tolist(), "std": std.tolist(),
                                                              "from": stats_from},
             "tile": cfg["tile"], "overlap": cfg["overlap"], "pool": cfg["pool"], "res": counts["res"],
-            "weights_sha256": cfg["weights_sha256"], "source": item.paths["scene"]}
+            "weights_sha256": cfg["weights_sha256"], "source": item.paths["scene"],
+            "reprojected": _warp_record(src)}
     try:
         write_geoparquet(path, rows, polygons, src.crs, vectors=vectors, metadata=meta)
     except BaseException:
@@ -369,6 +370,15 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     if warnings:
         entry["warnings"] = warnings
     return entry
+
+
+def _warp_record(src) -> dict | None:
+    """How the scene was reprojected (``--crs``), for the file's provenance; None when it was not."""
+    w = src.warp
+    if w is None:
+        return None
+    return {"from_crs": w.source_crs, "from_transform": list(w.source_transform), "to_crs": w.crs,
+            "resampling": w.resampling}
 
 
 def _feature_writer(path: Path, src, item: Item, cfg: dict, windows: list):

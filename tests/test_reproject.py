@@ -120,6 +120,8 @@ def test_embed_with_crs_runs_on_the_warped_grid(scenes, tmp_path, crs):
         assert np.abs(pixels[:, valid] - expected[:, valid]).max() <= 1e-6
         assert row["nodata_fraction"] == pytest.approx(1 - valid.mean(), abs=1e-6)
     meta = read_geoparquet_metadata(out / "rgb.parquet")
+    assert meta["reprojected"]["to_crs"] == src.crs and meta["reprojected"]["resampling"] == "bilinear"
+    assert CRS.from_wkt(meta["reprojected"]["from_crs"]) == CRS.from_epsg(32618)  # provenance of the warp
     mean, std = np.array(meta["normalization"]["mean"]), np.array(meta["normalization"]["std"])
     x = np.where(valid[None], (expected - mean[:, None, None]) / std[:, None, None], 0).astype(np.float32)
     with torch.inference_mode():
