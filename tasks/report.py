@@ -228,7 +228,7 @@ def _demo_notice(manifest: dict) -> str:
         text += ": " + os.fspath(file).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     if trained not in (None, ""):
         text += f" — trained on {_format_other(trained)}"
-    return text + "; not for clinical or real data use."
+    return text + "; a demonstration, not for real data."
 
 
 def _figures(manifest: dict) -> list[str]:

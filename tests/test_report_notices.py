@@ -73,7 +73,7 @@ def test_failure_reason_shown(tmp_path):
 def test_demo_weights_notice_at_the_top(tmp_path):
     page, md = _reports(tmp_path, _manifest(demo_weights=DEMO))
     notice = ("Demo weights: swin_unetr_brats.pt — trained on synthetic phantoms (sample_data); "
-              "not for clinical or real data use.")
+              "a demonstration, not for real data.")
     assert notice in page and notice in md
     assert page.index(notice) < page.index("<h2>Items</h2>")
     assert md.index(notice) < md.index("## Items")
