@@ -219,12 +219,13 @@ def _ensure_registered() -> None:
     # parent; a plug-in cannot hide a built-in (a taken name is an error naming both).
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
-        from imagingflows.pipelines import classify, medical, remote_sensing, restoration
+        from imagingflows.pipelines import classify, demosaic, medical, remote_sensing, restoration
 
         register("segment", medical.pipeline)
         register("restore", restoration.pipeline)
         register("embed", remote_sensing.pipeline)
         register("classify", classify.pipeline)
+        register("demosaic", demosaic.pipeline)
         for name, factory in _plugins():
             register(name, factory)
         _BUILTINS_LOADED = True

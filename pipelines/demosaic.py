@@ -1,0 +1,209 @@
+"""The demosaic pipeline: single-channel CFA mosaics -> RGB images (classical methods, torch).
+
+In:  every PNG / TIFF under the input folder is a mosaic: one channel, 8 or 16 bit, even height and
+     width, a Bayer pattern stated with ``--pattern`` (named by the physical top-left 2 x 2 block:
+     ``models/cfa.py`` is the one place that converts to OpenCV / kornia / rawpy naming).
+     ``--black`` is subtracted and ``--white`` maps to 1.0 (default: the level the file declares, PNG
+     sBIT or TIFF MaxSampleValue, else the container's maximum); values are clipped to [0, 1].
+Out: ``<name>.tif`` (16-bit RGB) or ``<name>.png`` (``--format png``, 8-bit), written atomically, in
+     the mosaic's own colour space and scale (no white balance, colour matrix or tone curve: the
+     values are what the method interpolated, linear if the mosaic was linear), no ICC profile;
+     ``previews/<name>.png``: the mosaic in its CFA colours, the result, and a zoom on the region
+     with the most detail (display only: scaled to the 99.5th percentile, gamma 1/2.2).
+Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007), by tiles with a halo
+     (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
+Not yet (issue 12): camera RAW/DNG through rawpy, DemosaicNet / X-Trans, our JDD network, train and
+     evaluate.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines.demosaic_options import DemosaicRun
+from imagingflows.tasks.ingest import InputError, Item
+
+SUFFIXES = (".png", ".tif", ".tiff")
+PREVIEW_DIR = "previews"
+PREVIEW_SIDE = 512  # longest side of each full-image panel of the preview
+ZOOM = 64  # side of the zoomed detail, source pixels (shown x4)
+
+
+def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str, str]]]:
+    """One item per PNG/TIFF under ``input_dir`` (recursively, not in ``previews/``); id = relative path
+    without its suffix."""
+    input_dir = Path(input_dir)
+    items, errors, seen = [], [], {}
+    for path in sorted(input_dir.rglob("*")):
+        rel = path.relative_to(input_dir)
+        if path.suffix.lower() not in SUFFIXES or not path.is_file() or rel.parts[0] == PREVIEW_DIR \
+                or any(p.startswith(".") for p in rel.parts):
+            continue
+        item_id = rel.with_suffix("").as_posix()
+        if item_id in seen:
+            errors.append((item_id, f"{path}: has the same name as {seen[item_id]}; their outputs would collide"))
+            continue
+        seen[item_id] = path
+        items.append(Item(item_id, {"mosaic": str(path)}))
+    return items, errors
+
+
+def _outputs(item_id: str, out_dir: Path) -> list[Path]:
+    out = Path(out_dir)
+    return [out / f"{item_id}.tif", out / f"{item_id}.png", out / PREVIEW_DIR / f"{item_id}.png"]
+
+
+def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
+    """The preview (the image's name depends on ``--format``: resume also checks the recorded outputs)."""
+    return [Path(out_dir) / PREVIEW_DIR / f"{item_id}.png"]
+
+
+def cleanup(item_id: str, out_dir: Path) -> None:
+    for path in _outputs(item_id, out_dir):
+        path.unlink(missing_ok=True)
+
+
+def prepare(config: dict) -> dict:
+    """Run options (:class:`DemosaicRun`) -> config: the method looked up, the device checked."""
+    from imagingflows.models.backend import select_device
+    from imagingflows.models.demosaic_methods import get_method
+
+    cfg = DemosaicRun.parse(config).to_config()
+    method = get_method(cfg["method"])
+    device = select_device(cfg["device"])
+    cfg.update(model={"method": method.name, "description": method.description, "reference": method.reference},
+               weights_sha256=None, device=str(device))
+    return cfg
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_mosaic(path: str, cfg: dict) -> tuple[np.ndarray, dict, list[str]]:
+    """``(mosaic float32 (H, W) in [0, 1], levels, warnings)``; anything that is not a usable mosaic is an
+    :class:`InputError` naming the file."""
+    from imagingflows.tasks.image_io import read_image
+
+    img = read_image(path)
+    warnings: list[str] = []
+    if img.orientation_applied not in (0, 1):
+        raise InputError(f"{path}: its orientation tag rotates the image, which would move the CFA: strip the "
+                         "tag (a mosaic's pattern is defined on the stored pixels)")
+    channels = img.array.shape[2]
+    if channels != 1:
+        raise InputError(f"{path}: has {channels} channels ({img.source_mode or 'colour'}): a colour image, not a "
+                         "single-channel CFA mosaic")
+    raw = img.array[..., 0]
+    h, w = raw.shape
+    odd = [name for name, n in (("height", h), ("width", w)) if n % 2]
+    if odd:
+        sizes = " and ".join(f"{name} {h if name == 'height' else w}" for name in odd)
+        if not cfg["crop_odd"]:
+            raise InputError(f"{path}: odd {sizes}: a Bayer mosaic has whole 2 x 2 blocks; --crop-odd drops the "
+                             "last row/column")
+        raw = raw[: h - h % 2, : w - w % 2]
+        warnings.append(f"odd {sizes}: the last row/column was cropped (--crop-odd)")
+    if cfg["pattern"] is None:
+        raise InputError(f"{path}: a mosaic file does not say its CFA pattern: give --pattern RGGB|BGGR|GRBG|GBRG "
+                         "(named by the top-left 2 x 2 block)")
+    full = 255 if img.bit_depth == 8 else 65535
+    white, white_from = (float(cfg["white"]), "--white") if cfg["white"] is not None else \
+        ((float(img.level_hint[0]), img.level_hint[1]) if img.level_hint else (float(full), "container maximum"))
+    black = float(cfg["black"] or 0.0)
+    if white <= black:
+        raise InputError(f"{path}: white level {white:g} ({white_from}) is not above the black level {black:g}")
+    clipped = int((raw > white).sum())
+    if clipped:
+        warnings.append(f"{clipped} pixels above the white level {white:g} ({white_from}) were clipped")
+    x = np.clip((raw.astype(np.float32) - black) / (white - black), 0.0, 1.0)
+    return x, {"black": black, "white": white, "white_from": white_from, "bit_depth": img.bit_depth,
+               "clipped": clipped}, warnings
+
+
+# ----------------------------------------------------------------------------- preview
+
+def _display(rgb: np.ndarray, scale: float) -> np.ndarray:
+    return np.clip(rgb / max(scale, 1e-6), 0, 1) ** (1 / 2.2)
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """Decimate ``(H, W, 3)`` so its longest side is at most ``side`` (every k-th pixel)."""
+    k = max(1, -(-max(image.shape[:2]) // side))
+    return image[::k, ::k]
+
+
+def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, caption: str) -> Path:
+    """Mosaic in CFA colours | result, above the same two at x4 on the most detailed ``ZOOM`` square."""
+    from imagingflows.models.cfa import masks
+    from imagingflows.tasks.preview import before_after, detail_box
+    from imagingflows.tasks.write import write_png
+
+    m = masks(pattern, *mosaic.shape).numpy().transpose(1, 2, 0)  # (H, W, 3) one-hot per site
+    scale = float(np.percentile(rgb, 99.5))
+    cfa = _display(mosaic[..., None] * m, scale)
+    out = _display(rgb, scale)
+    r, c = detail_box(rgb.mean(-1), ZOOM)
+    r, c = r - r % 2, c - c % 2  # keep the zoom on whole CFA blocks
+    zoom = [np.repeat(np.repeat(a[r:r + ZOOM, c:c + ZOOM], 4, 0), 4, 1) for a in (cfa, out)]
+    top = before_after(_fit(cfa, PREVIEW_SIDE), _fit(out, PREVIEW_SIDE), labels=(f"mosaic ({pattern})", caption))
+    bottom = before_after(*zoom, labels=(f"zoom x4 at row {r}, col {c}", "zoom x4"))
+    width = max(top.shape[1], bottom.shape[1])
+    pad = [np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255) for a in (top, bottom)]
+    return write_png(path, np.concatenate([pad[0], np.full((6, width, 3), 255, np.uint8), pad[1]]))
+
+
+# ----------------------------------------------------------------------------- process
+
+def process(item: Item, out_dir: Path, cfg: dict) -> dict:
+    """Demosaic one mosaic; returns the manifest entry (outputs, summary, warnings)."""
+    import torch
+
+    from imagingflows.models.demosaic_methods import get_method
+    from imagingflows.tasks.image_io import write_image
+
+    t0 = time.perf_counter()
+    path = item.paths["mosaic"]
+    mosaic, levels, warnings = read_mosaic(path, cfg)
+    method = get_method(cfg["method"])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        x = torch.from_numpy(mosaic)[None, None].to(cfg["device"])
+        rgb = method(x, cfg["pattern"], tile=cfg["tile"])[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    seconds = time.perf_counter() - start
+    out = Path(out_dir)
+    if cfg["format"] == "png":
+        image, array = out / f"{item.id}.png", np.round(rgb * 255).astype(np.uint8)
+    else:
+        image, array = out / f"{item.id}.tif", np.round(rgb * 65535).astype(np.uint16)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    write_image(image, array)
+    preview = save_preview(out / PREVIEW_DIR / f"{item.id}.png", mosaic, rgb, cfg["pattern"], method.name)
+    h, w = mosaic.shape
+    entry = {
+        "outputs": {"image": image.relative_to(out).as_posix(), "previews": [preview.relative_to(out).as_posix()]},
+        "summary": {"height": h, "width": w, "method": method.name, "pattern": cfg["pattern"],
+                    "black": levels["black"], "white": levels["white"], "clipped": levels["clipped"]},
+        "inference": {"white_from": levels["white_from"], "bit_depth_in": levels["bit_depth"],
+                      "seconds_per_megapixel": round(seconds / (h * w / 1e6), 3),
+                      "seconds": round(time.perf_counter() - t0, 3)},
+    }
+    if warnings:
+        entry["warnings"] = warnings
+    return entry
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(
+        name="demosaic",
+        description="Demosaicking: CFA mosaics to RGB (bilinear, Malvar 2004, Menon 2007; RAW and learned: to come)",
+        discover=discover,
+        prepare=prepare,
+        process=process,
+        expected_outputs=expected_outputs,
+        run_options=DemosaicRun,
+        cleanup=cleanup,
+        packages=("pillow", "tifffile"),
+    )
