@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from host import host_line  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "parity_scalemae" / "scalemae-tiny.pth"
 DEMO = "scale_mae_demo"
@@ -154,24 +156,6 @@ def child_naive(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- parent
-
-def host_line() -> str:
-    import torch
-
-    from imagingflows.models.sliding_window import native_bf16
-
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX512F"), ("avx512_bf16", "AVX512-BF16"),
-                                   ("amx_bf16", "AMX-BF16"), ("amx_tile", "AMX-TILE")) if flag in flags]
-    return (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"CPU flags {'/'.join(isa) or 'none of AVX2/AVX512/AMX'}, native bf16: {native_bf16(torch.device('cpu'))}, "
-            f"cores available {len(os.sched_getaffinity(0))} (of {os.cpu_count()})")
-
 
 def gdal_cache_line(args) -> str:
     """Which GDAL block cache the children get: it holds decoded blocks, so it counts in their peak RSS."""
