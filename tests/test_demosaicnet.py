@@ -8,6 +8,9 @@ joins the package directory and the relative path, so ``th.load`` reads the same
 ``data/bayer.pth`` / ``data/xtrans.pth``. Nothing of torch is stubbed. Skipped (loudly) when
 the package is not installed: ``pip install --no-deps demosaicnet==0.0.14``.
 
+X-Trans: the package's ``XTransDemosaick`` and its ``mosaic.py`` (``xtrans``, ``xtrans_cell``;
+that file imports only numpy and torch, so it is loaded as is).
+
 Test image: a 256 x 256 crop of scikit-image's astronaut, float32 in [0, 1].
 """
 
@@ -23,6 +26,7 @@ import torch
 
 from imagingflows.models import cfa
 from imagingflows.models import demosaicnet as dn
+from imagingflows.models import demosaicnet_xtrans as dx
 
 
 def _package_dir():
@@ -47,7 +51,18 @@ def package_modules() -> types.ModuleType:
 
 
 @pytest.fixture(scope="module")
+def package_mosaic() -> types.ModuleType:
+    """The package's ``mosaic.py`` (numpy and torch imports only), loaded from its file."""
+    root = _package_dir()
+    spec = importlib.util.spec_from_file_location("demosaicnet_mosaic_reference", root / "mosaic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
 def ours() -> dn.DemosaicNetBayer:
+    _package_dir()
     return dn.DemosaicNetBayer(pretrained=True).eval()
 
 
@@ -60,7 +75,8 @@ def astronaut() -> torch.Tensor:
 
 
 def _cpsnr(out: torch.Tensor, ref: torch.Tensor, border: int = 4) -> float:
-    d = (out.clamp(0, 1) - ref)[..., border:-border, border:-border].double()
+    h, w = ref.shape[-2:]
+    d = (out.clamp(0, 1) - ref)[..., border:h - border, border:w - border].double()
     return float(-10 * torch.log10((d ** 2).mean()))
 
 
@@ -114,7 +130,8 @@ def test_sizes_patterns_quality_and_tiles(ours, astronaut):
     assert _cpsnr(out, astronaut[..., :30, :46].double()) > 28
 
 
-def test_bad_input(ours):
+def test_bad_input():
+    ours = dn.DemosaicNetBayer()  # the checks come before any weights are needed
     with pytest.raises(ValueError, match="width 33 is odd"):
         ours(torch.zeros(1, 1, 32, 33), "RGGB")
     with pytest.raises(ValueError, match="height 31 and width 33 are odd"):
@@ -131,3 +148,59 @@ def test_missing_package_error_names_install(monkeypatch):
     monkeypatch.setattr(dn, "PACKAGE", "demosaicnet_not_installed_here")
     with pytest.raises(dn.DemosaicNetError, match=r"not installed.*pip install"):
         dn.package_weights("bayer.pth")
+
+
+# ---- X-Trans --------------------------------------------------------------------------------------
+
+def test_xtrans_cell_and_strict_load(package_mosaic):
+    assert torch.equal(dx.xtrans_masks(None, 6, 6), package_mosaic.xtrans_cell(torch=True))
+    sd = dn.load_package_state_dict("xtrans.pth")
+    model = dx.DemosaicNetXTrans()
+    result = model.load_state_dict(sd, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys and list(model.state_dict()) == list(sd)
+    assert sum(p.numel() for p in model.parameters()) == 409_923
+
+
+def test_xtrans_matches_package_model(package_modules, package_mosaic, astronaut):
+    img = astronaut[..., :252, :252]  # multiples of 6, as the package's xtrans() needs
+    ref_model = package_modules.XTransDemosaick(pretrained=True).eval()
+    ours = dx.DemosaicNetXTrans(pretrained=True).eval()
+    x3 = package_mosaic.xtrans(img[0])[None]  # (1, 3, 252, 252) masked with the package's cell
+    mosaic = dx.xtrans_mosaic(img)
+    assert torch.equal(mosaic, x3.sum(1, keepdim=True))
+    with torch.no_grad():
+        ref = ref_model(x3)  # (1, 3, 228, 228): pixel (i, j) is input (i + 12, j + 12)
+        assert torch.equal(ours.forward_valid(x3), ref)
+        out = ours(mosaic, None, tile=None)
+    assert out.shape == (1, 3, 252, 252)
+    assert float((out[..., 12:-12, 12:-12] - ref).abs().max()) <= 1e-5
+
+
+def test_xtrans_shifted_patterns_any_size(astronaut):
+    """Crops at every kind of offset (so the top-left block is a shifted cell), sizes not a
+    multiple of 6: size kept, measured about 38.9 dB (4 px border), tiles agree."""
+    _package_dir()
+    ours = dx.load_demosaicnet_xtrans()
+    for oy, ox in [(0, 0), (1, 2), (3, 5), (5, 1)]:
+        img = astronaut[..., oy:oy + 200, ox:ox + 203]
+        pattern = dx.shifted_pattern(None, oy, ox)
+        mosaic = dx.xtrans_mosaic(img, pattern)
+        with torch.no_grad():
+            out = ours(mosaic, "/".join(pattern), tile=None)
+            if (oy, ox) == (3, 5):
+                assert float((out - ours(mosaic, pattern, tile=120)).abs().max()) <= 1e-5
+        assert out.shape == (1, 3, 200, 203)
+        assert _cpsnr(out, img) > 35, (oy, ox)
+        assert _cpsnr(out[..., :16, :], img[..., :16, :], border=0) > 30  # padded borders stay sane
+
+
+def test_xtrans_bad_input():
+    with pytest.raises(cfa.CFAError, match="not an X-Trans layout"):
+        dx.check_xtrans_pattern("RGGB" * 9)
+    with pytest.raises(cfa.CFAError, match="36 letters"):
+        dx.check_xtrans_pattern("RGGB")
+    model = dx.DemosaicNetXTrans()  # the checks come before any weights are needed
+    with pytest.raises(ValueError, match="3-channel"):
+        model(torch.zeros(1, 3, 24, 24))
+    with pytest.raises(ValueError, match="smaller than one 6x6"):
+        model(torch.zeros(1, 1, 24, 5))
