@@ -1,19 +1,23 @@
 """The demosaic pipeline: single-channel CFA mosaics -> RGB images (classical methods, torch).
 
-In:  every PNG / TIFF under the input folder is a mosaic: one channel, 8 or 16 bit, even height and
-     width, a Bayer pattern stated with ``--pattern`` (named by the physical top-left 2 x 2 block:
-     ``models/cfa.py`` is the one place that converts to OpenCV / kornia / rawpy naming).
+In:  camera RAW / DNG files (``tasks/raw_io.py``, rawpy): the pattern from the file's ``raw_pattern`` +
+     ``color_desc``, each site's black level, the camera white level, white balance (``--wb``) and
+     LibRaw's camera -> sRGB matrix; and every PNG / TIFF as a mosaic: one channel, 8 or 16 bit, even
+     height and width, a Bayer pattern stated with ``--pattern`` (named by the physical top-left 2 x 2
+     block: ``models/cfa.py`` is the one place that converts to OpenCV / kornia / rawpy naming);
      ``--black`` is subtracted and ``--white`` maps to 1.0 (default: the level the file declares, PNG
      sBIT or TIFF MaxSampleValue, else the container's maximum); values are clipped to [0, 1].
-Out: ``<name>.tif`` (16-bit RGB) or ``<name>.png`` (``--format png``, 8-bit), written atomically, in
-     the mosaic's own colour space and scale (no white balance, colour matrix or tone curve: the
-     values are what the method interpolated, linear if the mosaic was linear), no ICC profile;
+Out: ``<name>.tif`` (16-bit RGB) or ``<name>.png`` (``--format png``, 8-bit), written atomically. A RAW
+     file is developed to sRGB: white balance (gains with G = 1), the camera matrix, then the sRGB
+     tone curve with the sRGB ICC profile embedded, or linear sRGB with ``--linear`` (no profile: no
+     linear one is made). A mosaic file stays in its own colour space and scale (no white balance,
+     matrix or tone curve: the file carries none), no ICC profile;
      ``previews/<name>.png``: the mosaic in its CFA colours, the result, and a zoom on the region
      with the most detail (display only: scaled to the 99.5th percentile, gamma 1/2.2).
 Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007), by tiles with a halo
      (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
-Not yet (issue 12): camera RAW/DNG through rawpy, DemosaicNet / X-Trans, our JDD network, train and
-     evaluate.
+Not yet (issue 12): DemosaicNet / X-Trans, our JDD network, train and evaluate, ``--crop`` of the
+     sensor margins.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import numpy as np
 from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.demosaic_options import DemosaicRun
 from imagingflows.tasks.ingest import InputError, Item
+from imagingflows.tasks.raw_io import RAW_SUFFIXES
 
-SUFFIXES = (".png", ".tif", ".tiff")
+SUFFIXES = RAW_SUFFIXES + (".png", ".tif", ".tiff")
+
+MOSAIC_SUFFIXES = (".png", ".tif", ".tiff")
 PREVIEW_DIR = "previews"
 PREVIEW_SIDE = 512  # longest side of each full-image panel of the preview
 ZOOM = 64  # side of the zoomed detail, source pixels (shown x4)
@@ -48,7 +55,7 @@ def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str,
             errors.append((item_id, f"{path}: has the same name as {seen[item_id]}; their outputs would collide"))
             continue
         seen[item_id] = path
-        items.append(Item(item_id, {"mosaic": str(path)}))
+        items.append(Item(item_id, {"raw" if path.suffix.lower() in RAW_SUFFIXES else "mosaic": str(path)}))
     return items, errors
 
 
@@ -123,6 +130,45 @@ def read_mosaic(path: str, cfg: dict) -> tuple[np.ndarray, dict, list[str]]:
                "clipped": clipped}, warnings
 
 
+def read_camera_raw(path: str, cfg: dict) -> tuple[np.ndarray, str, dict, list[str]]:
+    """``(mosaic float32 (H, W) in [0, 1], pattern, development facts, warnings)`` of a RAW/DNG file."""
+    from imagingflows.tasks.raw_io import normalise, read_raw
+
+    data = read_raw(path)
+    warnings = []
+    if cfg["pattern"] and cfg["pattern"] != data.pattern:
+        warnings.append(f"the file's CFA is {data.pattern}: --pattern {cfg['pattern']} applies to mosaic files only")
+    x = normalise(data)
+    h, w = x.shape
+    if h % 2 or w % 2:
+        x = x[: h - h % 2, : w - w % 2]
+        warnings.append(f"the visible sensor area is {h} x {w}: the last odd row/column was cropped")
+    gains, wb_from = (1.0, 1.0, 1.0), "none"
+    if cfg["wb"] != "none":
+        wanted = data.camera_wb if cfg["wb"] == "camera" else data.daylight_wb
+        fallback = data.daylight_wb if cfg["wb"] == "camera" else None
+        if wanted is not None:
+            gains, wb_from = wanted, cfg["wb"]
+        elif fallback is not None:
+            gains, wb_from = fallback, "daylight"
+            warnings.append("the file has no as-shot white balance: LibRaw's daylight values were used")
+        else:
+            warnings.append(f"the file has no {cfg['wb']} white balance: none applied")
+    facts = {"black": data.black.tolist(), "white": data.white, "white_from": data.white_from,
+             "wb": [round(g, 6) for g in gains], "wb_from": wb_from, "cam_to_srgb": data.cam_to_srgb.tolist(),
+             "clipped": int((data.mosaic >= data.white).sum())}
+    return x, data.pattern, facts, warnings
+
+
+def develop(rgb: np.ndarray, facts: dict, linear: bool) -> np.ndarray:
+    """Camera RGB ``(H, W, 3)`` -> white-balanced linear sRGB, then the sRGB tone curve unless ``linear``."""
+    out = np.einsum("ij,hwj->hwi", np.asarray(facts["cam_to_srgb"], np.float32),
+                    rgb * np.asarray(facts["wb"], np.float32)).clip(0, 1)
+    if linear:
+        return out
+    return np.where(out <= 0.0031308, 12.92 * out, 1.055 * np.power(out, 1 / 2.4) - 0.055).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- preview
 
 def _display(rgb: np.ndarray, scale: float) -> np.ndarray:
@@ -135,16 +181,18 @@ def _fit(image: np.ndarray, side: int) -> np.ndarray:
     return image[::k, ::k]
 
 
-def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, caption: str) -> Path:
-    """Mosaic in CFA colours | result, above the same two at x4 on the most detailed ``ZOOM`` square."""
+def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, caption: str,
+                 encoded: bool = False) -> Path:
+    """Mosaic in CFA colours | result, above the same two at x4 on the most detailed ``ZOOM`` square;
+    ``encoded``: ``rgb`` is already sRGB-encoded (shown as is), else linear (scaled and gamma'd)."""
     from imagingflows.models.cfa import masks
     from imagingflows.tasks.preview import before_after, detail_box
     from imagingflows.tasks.write import write_png
 
     m = masks(pattern, *mosaic.shape).numpy().transpose(1, 2, 0)  # (H, W, 3) one-hot per site
-    scale = float(np.percentile(rgb, 99.5))
+    scale = float(np.percentile(mosaic, 99.5))
     cfa = _display(mosaic[..., None] * m, scale)
-    out = _display(rgb, scale)
+    out = np.clip(rgb, 0, 1) if encoded else _display(rgb, float(np.percentile(rgb, 99.5)))
     r, c = detail_box(rgb.mean(-1), ZOOM)
     r, c = r - r % 2, c - c % 2  # keep the zoom on whole CFA blocks
     zoom = [np.repeat(np.repeat(a[r:r + ZOOM, c:c + ZOOM], 4, 0), 4, 1) for a in (cfa, out)]
@@ -162,31 +210,44 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     import torch
 
     from imagingflows.models.demosaic_methods import get_method
-    from imagingflows.tasks.image_io import write_image
+    from imagingflows.tasks.image_io import srgb_profile, write_image
 
     t0 = time.perf_counter()
-    path = item.paths["mosaic"]
-    mosaic, levels, warnings = read_mosaic(path, cfg)
+    is_raw = "raw" in item.paths
+    path = item.paths["raw" if is_raw else "mosaic"]
+    if is_raw:
+        mosaic, pattern, levels, warnings = read_camera_raw(path, cfg)
+    else:
+        (mosaic, levels, warnings), pattern = read_mosaic(path, cfg), cfg["pattern"]
     method = get_method(cfg["method"])
     start = time.perf_counter()
     with torch.inference_mode():
         x = torch.from_numpy(mosaic)[None, None].to(cfg["device"])
-        rgb = method(x, cfg["pattern"], tile=cfg["tile"])[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        rgb = method(x, pattern, tile=cfg["tile"])[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     seconds = time.perf_counter() - start
+    camera_rgb = rgb
+    icc = None
+    if is_raw:
+        rgb = develop(rgb, levels, cfg["linear"])
+        icc = None if cfg["linear"] else srgb_profile()
     out = Path(out_dir)
     if cfg["format"] == "png":
         image, array = out / f"{item.id}.png", np.round(rgb * 255).astype(np.uint8)
     else:
         image, array = out / f"{item.id}.tif", np.round(rgb * 65535).astype(np.uint16)
     image.parent.mkdir(parents=True, exist_ok=True)
-    write_image(image, array)
-    preview = save_preview(out / PREVIEW_DIR / f"{item.id}.png", mosaic, rgb, cfg["pattern"], method.name)
+    write_image(image, array, icc_profile=icc)
+    shown = rgb if is_raw and not cfg["linear"] else camera_rgb
+    preview = save_preview(out / PREVIEW_DIR / f"{item.id}.png", mosaic, shown, pattern, method.name,
+                           encoded=is_raw and not cfg["linear"])
     h, w = mosaic.shape
     entry = {
         "outputs": {"image": image.relative_to(out).as_posix(), "previews": [preview.relative_to(out).as_posix()]},
-        "summary": {"height": h, "width": w, "method": method.name, "pattern": cfg["pattern"],
-                    "black": levels["black"], "white": levels["white"], "clipped": levels["clipped"]},
-        "inference": {"white_from": levels["white_from"], "bit_depth_in": levels["bit_depth"],
+        "summary": {"height": h, "width": w, "method": method.name, "pattern": pattern,
+                    "black": levels["black"], "white": levels["white"], "clipped": levels["clipped"],
+                    "output": ("linear sRGB" if cfg["linear"] else "sRGB") if is_raw else "as the mosaic"},
+        "inference": {"white_from": levels["white_from"], "bit_depth_in": levels.get("bit_depth", 16),
+                      **({"wb": levels["wb"], "wb_from": levels["wb_from"]} if is_raw else {}),
                       "seconds_per_megapixel": round(seconds / (h * w / 1e6), 3),
                       "seconds": round(time.perf_counter() - t0, 3)},
     }
@@ -198,12 +259,12 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
 def pipeline() -> Pipeline:
     return Pipeline(
         name="demosaic",
-        description="Demosaicking: CFA mosaics to RGB (bilinear, Malvar 2004, Menon 2007; RAW and learned: to come)",
+        description="Demosaicking: camera RAW/DNG and CFA mosaics to RGB (bilinear, Malvar 2004, Menon 2007)",
         discover=discover,
         prepare=prepare,
         process=process,
         expected_outputs=expected_outputs,
         run_options=DemosaicRun,
         cleanup=cleanup,
-        packages=("pillow", "tifffile"),
+        packages=("pillow", "tifffile", "rawpy"),
     )

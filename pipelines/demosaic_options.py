@@ -26,6 +26,11 @@ class DemosaicRun(Options):
     crop_odd: bool = option(False, "Crop one row and/or column of a mosaic with an odd height or width (the "
                                    "bottom row, the right column: the pattern is kept) instead of failing it.",
                             output=True)
+    wb: Literal["camera", "daylight", "none"] = option(
+        "camera", "RAW files: white balance from the camera's as-shot values, LibRaw's daylight values, or none.",
+        output=True)
+    linear: bool = option(False, "RAW files: write linear sRGB (no tone curve, no ICC profile) instead of "
+                                 "sRGB-encoded values with the sRGB profile embedded.", output=True)
     format: Literal["tiff", "png"] = option("tiff", "tiff: 16-bit RGB TIFF; png: 8-bit RGB PNG.", output=True)
     tile: int = option(1024, "Tile side: memory is bounded by a tile plus its halo.", unit="pixels", ge=16,
                        output=True)

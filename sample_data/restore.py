@@ -27,20 +27,10 @@ FILES = ("astronaut.png", "camera.png", "chelsea.jpg", "coffee_rgba.png", "tiff/
 
 
 def srgb_profile() -> bytes:
-    """An sRGB ICC profile made by LittleCMS through Pillow (no file is read).
+    """An sRGB ICC profile (``tasks/image_io.srgb_profile``: LittleCMS, a fixed creation date)."""
+    from imagingflows.tasks.image_io import srgb_profile as make
 
-    LittleCMS stamps the creation time into the header (bytes 24-35); a fixed date keeps the
-    samples reproducible (the profile carries no MD5 profile ID that this would invalidate).
-    """
-    import struct
-
-    from PIL import ImageCms
-
-    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    if any(icc[84:100]):
-        return bytes(icc)  # an ID over the header: leave it as made
-    icc[24:36] = struct.pack(">6H", 2025, 1, 1, 0, 0, 0)
-    return bytes(icc)
+    return make()
 
 
 def images() -> dict[str, np.ndarray]:

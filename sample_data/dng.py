@@ -1,0 +1,99 @@
+"""Write camera-like DNG files from clean images (tifffile), so tests read them back through rawpy.
+
+``write_dng(path, srgb_linear, pattern)`` simulates a sensor whose colour space is CIE XYZ (D65): the
+linear sRGB image is converted to XYZ and exposed at ``EXPOSURE`` (so the white's Z = 1.089 is not
+clipped), sampled on the Bayer ``pattern``, scaled to ``black .. white`` and stored as a 16-bit CFA DNG with the tags LibRaw needs: CFARepeatPatternDim/CFAPattern,
+BlackLevel/WhiteLevel, ColorMatrix1 (XYZ -> camera: identity) with CalibrationIlluminant1 D65,
+AsShotNeutral (the XYZ of the D65 white: the raw response to white), UniqueCameraModel. Developing
+it (black, white, white balance 1/neutral, LibRaw's camera -> sRGB matrix) gives ``EXPOSURE`` times the
+image back, up to demosaicking error, LibRaw's matrix and 12-bit quantisation.
+
+    python -m sample_data.dng --out dngs/    # the four patterns from a scikit-image photograph
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+D65_XYZ = SRGB_TO_XYZ.sum(1)  # the XYZ of linear sRGB white (1, 1, 1): (0.9505, 1.0, 1.0888)
+CFA_CODES = {"R": 0, "G": 1, "B": 2}  # TIFF/EP CFAPattern colour codes
+EXPOSURE = 0.9
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _srational(values, den: int = 1_000_000) -> list[int]:
+    out: list[int] = []
+    for v in values:
+        out += [int(round(v * den)), den]
+    return out
+
+
+def sensor_mosaic(srgb_linear: np.ndarray, pattern: str, black: int, white: int) -> np.ndarray:
+    """``(H, W, 3)`` linear sRGB in [0, 1] -> the ``(H, W)`` uint16 raw mosaic of the simulated sensor."""
+    cam = EXPOSURE * np.einsum("ij,hwj->hwi", SRGB_TO_XYZ, srgb_linear)  # camera RGB = XYZ
+    h, w, _ = cam.shape
+    site = np.empty((h, w), np.int64)
+    for i, letter in enumerate(pattern):
+        site[i // 2::2, i % 2::2] = CFA_CODES[letter]
+    values = np.take_along_axis(cam, site[..., None], axis=2)[..., 0]
+    return np.round(black + np.clip(values, 0, 1) * (white - black)).astype(np.uint16)
+
+
+def write_dng(path: str | Path, srgb_linear: np.ndarray, pattern: str = "RGGB", *, black: int = 256,
+              white: int = 4095, model: str = "imagingflows synthetic XYZ sensor") -> Path:
+    """Write the DNG (see the module docstring); returns its path."""
+    import tifffile
+
+    pattern = pattern.upper()
+    if sorted(pattern) != sorted("RGGB") or len(pattern) != 4:
+        raise ValueError(f"pattern must be one of RGGB, BGGR, GRBG, GBRG, got {pattern!r}")
+    raw = sensor_mosaic(srgb_linear, pattern, black, white)
+    tags = [
+        (254, "I", 1, 0, True),                                              # NewSubFileType: main image
+        (271, "s", 0, "imagingflows", True), (272, "s", 0, model, True),    # Make, Model
+        (33421, "H", 2, (2, 2), True),                                       # CFARepeatPatternDim
+        (33422, "B", 4, bytes(CFA_CODES[c] for c in pattern), True),         # CFAPattern
+        (50706, "B", 4, bytes([1, 4, 0, 0]), True),                          # DNGVersion
+        (50707, "B", 4, bytes([1, 1, 0, 0]), True),                          # DNGBackwardVersion
+        (50708, "s", 0, model, True),                                        # UniqueCameraModel
+        (50713, "H", 2, (1, 1), True),                                       # BlackLevelRepeatDim
+        (50714, "H", 1, black, True),                                        # BlackLevel
+        (50717, "H", 1, white, True),                                        # WhiteLevel
+        (50721, "2i", 9, _srational(np.eye(3).ravel()), True),               # ColorMatrix1: XYZ -> camera
+        (50778, "H", 1, 21, True),                                           # CalibrationIlluminant1: D65
+        (50728, "2I", 3, _srational(D65_XYZ), True),                         # AsShotNeutral
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, raw, photometric=32803, planarconfig=1, extratags=tags)
+    return path
+
+
+def clean_image() -> np.ndarray:
+    """A linear sRGB test image (scikit-image's astronaut, 256 x 384 crop)."""
+    from skimage import data
+
+    return srgb_to_linear(data.astronaut()[80:336, 64:448] / 255.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    image = clean_image()
+    for pattern in ("RGGB", "BGGR", "GRBG", "GBRG"):
+        print(write_dng(args.out / f"astronaut_{pattern.lower()}.dng", image, pattern))
+
+
+if __name__ == "__main__":
+    main()
