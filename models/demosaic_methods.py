@@ -1,4 +1,5 @@
-"""Registry of demosaicking methods without weights (bilinear, Malvar 2004, Menon 2007).
+"""Registry of demosaicking methods: classical ones without weights (bilinear, Malvar 2004, Menon 2007)
+and DemosaicNet, whose weights come from the installed ``demosaicnet`` package (loaded on first use).
 
 Why not :class:`~imagingflows.models.registry.ModelSpec`: a spec describes a network with a
 state dict (``build``, ``detect_keys``, ``hparams_from_state_dict``); a parameter-free method
@@ -17,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from imagingflows.models import demosaic_bilinear, demosaic_malvar, demosaic_menon
+from imagingflows.models import demosaic_bilinear, demosaic_malvar, demosaic_menon, demosaicnet
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ METHODS: dict[str, DemosaicMethod] = {
         DemosaicMethod("menon", demosaic_menon.demosaic_menon, demosaic_menon.HALO,
                        "Menon DDFAPD: directional filtering, a posteriori decision, refining step",
                        "Menon, Andriani & Calvagno 2007, IEEE TIP 16(1)"),
+        DemosaicMethod("demosaicnet", demosaicnet.demosaic_demosaicnet, demosaicnet.HALO,
+                       "DemosaicNet (Bayer), the MIT demosaicnet package's bayer.pth, read from its installed files",
+                       "Gharbi, Chaurasia, Paris & Durand 2016, ACM TOG 35(6)"),
     )
 }
 

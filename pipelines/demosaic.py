@@ -16,8 +16,7 @@ Out: ``<name>.tif`` (16-bit RGB) or ``<name>.png`` (``--format png``, 8-bit), wr
      with the most detail (display only: scaled to the 99.5th percentile, gamma 1/2.2).
 Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007), by tiles with a halo
      (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
-Not yet (issue 12): DemosaicNet / X-Trans, our JDD network, train and evaluate, ``--crop`` of the
-     sensor margins.
+Not yet (issue 12): X-Trans files, our JDD network, train and evaluate, ``--crop`` of the sensor margins.
 """
 
 from __future__ import annotations
@@ -81,6 +80,13 @@ def prepare(config: dict) -> dict:
 
     cfg = DemosaicRun.parse(config).to_config()
     method = get_method(cfg["method"])
+    if method.name == "demosaicnet":  # its weights are the installed package's: missing is a set-up error
+        from imagingflows.models.demosaicnet import DemosaicNetError, load_package_state_dict
+
+        try:
+            load_package_state_dict()
+        except DemosaicNetError as e:
+            raise ValueError(str(e)) from e
     device = select_device(cfg["device"])
     cfg.update(model={"method": method.name, "description": method.description, "reference": method.reference},
                weights_sha256=None, device=str(device))

@@ -9,12 +9,13 @@ from pydantic import model_validator
 from imagingflows.pipelines.options import Options, option
 
 Pattern = Literal["RGGB", "BGGR", "GRBG", "GBRG"]
-Method = Literal["bilinear", "malvar", "menon"]
+Method = Literal["bilinear", "malvar", "menon", "demosaicnet"]
 
 
 class DemosaicRun(Options):
-    method: Method = option("menon", "bilinear, malvar (Malvar-He-Cutler 2004) or menon (Menon 2007, with its "
-                                     "refining step).", output=True)
+    method: Method = option("menon", "bilinear, malvar (Malvar-He-Cutler 2004), menon (Menon 2007, with its "
+                                     "refining step) or demosaicnet (Gharbi et al. 2016, the demosaicnet package's "
+                                     "Bayer weights).", output=True)
     pattern: Pattern | None = option(
         None, "CFA pattern of a mosaic file, named by its physical top-left 2 x 2 block (RGGB = OpenCV's "
               "BayerBG). A mosaic does not say it; required for mosaic inputs.", output=True)

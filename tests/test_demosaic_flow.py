@@ -109,3 +109,22 @@ def test_levels_that_cannot_work_are_a_usage_error(tmp_path):
     Image.fromarray(_mosaic_u16(_clean(), "RGGB")).save(tmp_path / "in" / "m.png")
     with pytest.raises(UsageError, match="--white .* must be above --black"):
         run_pipeline("demosaic", tmp_path / "in", tmp_path / "out", pattern="RGGB", black=100, white=50)
+
+
+def test_demosaicnet_runs_from_the_installed_package_and_beats_malvar(tmp_path):
+    pytest.importorskip("rawpy")  # the demosaic extra; demosaicnet's weights come with it
+    from imagingflows.models.demosaicnet import DemosaicNetError, load_package_state_dict
+
+    try:
+        load_package_state_dict()
+    except DemosaicNetError as e:
+        pytest.skip(str(e))
+    clean = _clean()
+    raw = _mosaic_u16(clean, "GBRG")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(raw).save(tmp_path / "in" / "m.png")
+    result = run_pipeline("demosaic", tmp_path / "in", tmp_path / "out", pattern="GBRG", method="demosaicnet")
+    assert result["counts"]["done"] == 1, result["errors"]
+    got = tifffile.imread(tmp_path / "out" / "m.tif").astype(np.float64) / 65535
+    malvar = get_method("malvar")(torch.from_numpy(raw.astype(np.float32) / 65535)[None, None], "GBRG")
+    assert _cpsnr(got, clean) > _cpsnr(malvar[0].clamp(0, 1).permute(1, 2, 0).numpy(), clean) + 2
