@@ -61,6 +61,10 @@ METHODS: dict[str, DemosaicMethod] = {
 }
 
 
+#: the methods without weights (compared with colour-demosaicing); the rest are learned
+CLASSICAL = ("bilinear", "malvar", "menon")
+
+
 def get_method(name: str) -> DemosaicMethod:
     """The method called ``name``; ValueError with a "did you mean" hint otherwise."""
     key = str(name).strip().lower()

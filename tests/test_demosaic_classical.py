@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from imagingflows.models import cfa
-from imagingflows.models.demosaic_methods import METHODS, get_method
+from imagingflows.models.demosaic_methods import CLASSICAL, METHODS, get_method
 
 colour_demosaicing = pytest.importorskip("colour_demosaicing")  # dev extra
 
@@ -125,7 +125,7 @@ def test_pattern_errors():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_matches_colour_demosaicing(name, pattern, dtype, astronaut):
     x = cfa.mosaic(astronaut.to(dtype), pattern)
     ours = get_method(name)(x, pattern)[0].permute(1, 2, 0).double().numpy()
@@ -136,7 +136,7 @@ def test_matches_colour_demosaicing(name, pattern, dtype, astronaut):
     assert diff <= 1e-5
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_tiled_equals_untiled(name, astronaut):
     m = METHODS[name]
     x = torch.cat([cfa.mosaic(astronaut.float()[..., :, :200], "GRBG"),
@@ -152,7 +152,7 @@ def test_tiled_equals_untiled(name, astronaut):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_constant_stays_constant_everywhere(name, pattern):
     x = torch.full((2, 1, 18, 22), 0.37, dtype=torch.float64)
     y = get_method(name)(x, pattern)
@@ -163,14 +163,14 @@ def test_constant_stays_constant_everywhere(name, pattern):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_known_samples_kept(name, pattern, astronaut):
     x = cfa.mosaic(astronaut.float(), pattern)
     y = get_method(name)(x, pattern, tile=64)
     assert torch.equal(cfa.mosaic(y, pattern), x)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_support_within_halo(name):
     """A change at one pixel moves the output at most halo pixels away (tiles read enough)."""
     m = METHODS[name]
@@ -187,7 +187,7 @@ def test_cpsnr_order(astronaut):
     x = cfa.mosaic(astronaut.float(), "RGGB")
     ref = astronaut.float()[..., 4:-4, 4:-4]
     score = {}
-    for name in METHODS:
+    for name in CLASSICAL:
         y = get_method(name)(x, "RGGB").clamp(0, 1)[..., 4:-4, 4:-4]
         score[name] = 10 * np.log10(1 / ((y - ref) ** 2).mean().item())
     print("CPSNR (dB, astronaut 256x256, RGGB, crop 4): " + ", ".join(f"{k} {v:.2f}" for k, v in score.items()))
@@ -196,7 +196,7 @@ def test_cpsnr_order(astronaut):
 
 # ---- bad input ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_bad_input_errors(name):
     m = get_method(name)
     with pytest.raises(ValueError, match=f"{name}: mosaic width 9 is odd"):
