@@ -2,7 +2,7 @@
 #   make demo   install into .venv, then segment the bundled sample cases into demo_out/,
 #               denoise / upscale x2 / deblur degraded copies of the sample images (demo_out/restore/),
 #               embed and classify the bundled Landsat scenes, and score the class map (demo_out/remote_sensing/),
-#               demosaic the bundled 10-bit sensor mosaic (demo_out/demosaic/)
+#               demosaic the bundled 10-bit sensor mosaic and develop generated DNGs (demo_out/demosaic/)
 #   make test   install into .venv, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -41,10 +41,13 @@ demo: install
 	    --output demo_out/remote_sensing/classify --probabilities
 	$(TEST_ENV) $(VENV)/bin/run-flow evaluate classify --predictions demo_out/remote_sensing/classify \
 	    --reference demo_out/remote_sensing/held_out_labels --output demo_out/remote_sensing/evaluate
-	$(TEST_ENV) $(VENV)/bin/run-flow demosaic --input sample_data/demosaic --output demo_out/demosaic \
+	$(TEST_ENV) $(VENV)/bin/run-flow demosaic --input sample_data/demosaic --output demo_out/demosaic/mosaic \
 	    --pattern GRBG --black 25 --white 1023
+	$(PY) -m sample_data.dng --out demo_out/demosaic/dng > /dev/null
+	$(TEST_ENV) $(VENV)/bin/run-flow demosaic --input demo_out/demosaic/dng --output demo_out/demosaic/developed \
+	    --method demosaicnet
 	@echo "open demo_out/report.html, demo_out/restore/{denoised,sr,deblurred}/report.html,"
-	@echo "     demo_out/remote_sensing/{embed,classify,evaluate}/report.html and demo_out/demosaic/report.html"
+	@echo "     demo_out/remote_sensing/{embed,classify,evaluate}/report.html, demo_out/demosaic/{mosaic,developed}/report.html"
 
 test: install
 	PREFECT_HOME=$$(mktemp -d) $(TEST_ENV) $(PY) -m pytest -q
