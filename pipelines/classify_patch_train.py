@@ -232,14 +232,28 @@ def pooled_stats(sources: list) -> tuple[np.ndarray, np.ndarray, int]:
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32), n_all
 
 
+def labelled_tiles(src, grid: LabelGrid, windows: list):
+    """``(window, labels (T, T) uint8)`` of every tile with a valid pixel and a label (others skipped)."""
+    import rasterio
+
+    from imagingflows.tasks.raster_io import is_empty
+
+    with rasterio.open(grid.path) as ds:
+        for w in windows:
+            if is_empty(src, w):
+                continue
+            labels = read_labels(ds, grid, src, w)
+            if (labels != NO_LABEL).any():
+                yield w, labels
+
+
 def embed_patches(enc, src, grid: LabelGrid, cfg: dict) -> dict:
     """One scene's labelled patch tokens: ``{"x" (M, D), "y" (M,), "val" (M,) bool, "tiles", "val_tiles"}``."""
-    import rasterio
     import torch
 
     from imagingflows.models.encoder import encode
     from imagingflows.pipelines.remote_sensing import patch_validity
-    from imagingflows.tasks.raster_io import is_empty, read_tile, tile_windows
+    from imagingflows.tasks.raster_io import read_tile, tile_windows
 
     patch, (mean, std) = cfg["patch_size"], cfg["_stats"]
     windows = tile_windows(src.height, src.width, cfg["tile"], 0)
@@ -258,19 +272,13 @@ def embed_patches(enc, src, grid: LabelGrid, cfg: dict) -> dict:
             vs.append(np.full(int(keep.sum()), w in strip))
         batch.clear()
 
-    with rasterio.open(grid.path) as ds:
-        for w in windows:
-            if is_empty(src, w):
-                continue
-            labels = read_labels(ds, grid, src, w)
-            if (labels == NO_LABEL).all():
-                continue
-            pixels, valid = read_tile(src, w)
-            batch.append((w, pixels, valid, labels))
-            if len(batch) == cfg["batch_size"]:
-                flush()
-        if batch:
+    for w, labels in labelled_tiles(src, grid, windows):
+        pixels, valid = read_tile(src, w)
+        batch.append((w, pixels, valid, labels))
+        if len(batch) == cfg["batch_size"]:
             flush()
+    if batch:
+        flush()
     dim = int(enc.config["embed_dim"])
     return {"x": np.concatenate(xs) if xs else np.zeros((0, dim), np.float32),
             "y": np.concatenate(ys) if ys else np.zeros(0, np.int64),
@@ -448,26 +456,18 @@ def scene_tiles(src, grid: LabelGrid, cfg: dict) -> dict:
     "tiles", "val_tiles"}``; ``target``: each patch's label where it has a valid pixel, else :data:`NO_LABEL`.
     The tiles and patches :func:`embed_patches` keeps (skipped: empty or unlabelled tiles, and tiles left
     without a target)."""
-    import rasterio
-
     from imagingflows.pipelines.remote_sensing import patch_validity
-    from imagingflows.tasks.raster_io import is_empty, read_tile, tile_windows
+    from imagingflows.tasks.raster_io import read_tile, tile_windows
 
     windows = tile_windows(src.height, src.width, cfg["tile"], 0)
     strip = held_out(windows, src.height, src.width, cfg["val_fraction"])
     out: dict = {"train": [], "val": [], "tiles": len(windows), "val_tiles": len(strip)}
-    with rasterio.open(grid.path) as ds:
-        for w in windows:
-            if is_empty(src, w):
-                continue
-            labels = read_labels(ds, grid, src, w)
-            if (labels == NO_LABEL).all():
-                continue
-            _, valid = read_tile(src, w)
-            ok = patch_validity(valid[None], cfg["patch_size"])[0]
-            target = np.where(ok, patch_labels(labels[None], cfg["patch_size"])[0], NO_LABEL).astype(np.uint8)
-            if (target != NO_LABEL).any():
-                out["val" if w in strip else "train"].append((w, target))
+    for w, labels in labelled_tiles(src, grid, windows):
+        _, valid = read_tile(src, w)
+        ok = patch_validity(valid[None], cfg["patch_size"])[0]
+        target = np.where(ok, patch_labels(labels[None], cfg["patch_size"])[0], NO_LABEL).astype(np.uint8)
+        if (target != NO_LABEL).any():
+            out["val" if w in strip else "train"].append((w, target))
     return out
 
 
