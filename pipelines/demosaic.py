@@ -16,7 +16,9 @@ Out: ``<name>.tif`` (16-bit RGB) or ``<name>.png`` (``--format png``, 8-bit), wr
      with the most detail (display only: scaled to the 99.5th percentile, gamma 1/2.2).
 Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007), by tiles with a halo
      (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
-Not yet (issue 12): X-Trans files, our JDD network, train and evaluate, ``--crop`` of the sensor margins.
+X-Trans: a RAW file with a 6 x 6 Fujifilm CFA goes to DemosaicNet's X-Trans model (``--method demosaicnet``;
+     the classical methods refuse it by name).
+Not yet (issue 12): our JDD network, train and evaluate, ``--crop`` of the sensor margins.
 """
 
 from __future__ import annotations
@@ -138,15 +140,18 @@ def read_mosaic(path: str, cfg: dict) -> tuple[np.ndarray, dict, list[str]]:
 
 def read_camera_raw(path: str, cfg: dict) -> tuple[np.ndarray, str, dict, list[str]]:
     """``(mosaic float32 (H, W) in [0, 1], pattern, development facts, warnings)`` of a RAW/DNG file."""
-    from imagingflows.tasks.raw_io import normalise, read_raw
+    from imagingflows.tasks.raw_io import is_xtrans, normalise, read_raw
 
     data = read_raw(path)
     warnings = []
+    if is_xtrans(data.pattern) and cfg["method"] != "demosaicnet":
+        raise InputError(f"{path}: a 6 x 6 X-Trans CFA ({data.pattern}): {cfg['method']} takes 2 x 2 Bayer "
+                         "mosaics; --method demosaicnet demosaicks it with DemosaicNet's X-Trans model")
     if cfg["pattern"] and cfg["pattern"] != data.pattern:
         warnings.append(f"the file's CFA is {data.pattern}: --pattern {cfg['pattern']} applies to mosaic files only")
     x = normalise(data)
     h, w = x.shape
-    if h % 2 or w % 2:
+    if not is_xtrans(data.pattern) and (h % 2 or w % 2):
         x = x[: h - h % 2, : w - w % 2]
         warnings.append(f"the visible sensor area is {h} x {w}: the last odd row/column was cropped")
     gains, wb_from = (1.0, 1.0, 1.0), "none"
@@ -192,17 +197,22 @@ def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, 
     """Mosaic in CFA colours | result, above the same two at x4 on the most detailed ``ZOOM`` square;
     ``encoded``: ``rgb`` is already sRGB-encoded (shown as is), else linear (scaled and gamma'd)."""
     from imagingflows.models.cfa import masks
+    from imagingflows.models.demosaicnet_xtrans import xtrans_masks
     from imagingflows.tasks.preview import before_after, detail_box
+    from imagingflows.tasks.raw_io import is_xtrans
     from imagingflows.tasks.write import write_png
 
-    m = masks(pattern, *mosaic.shape).numpy().transpose(1, 2, 0)  # (H, W, 3) one-hot per site
+    site_masks = xtrans_masks if is_xtrans(pattern) else masks
+    m = site_masks(pattern, *mosaic.shape).numpy().transpose(1, 2, 0)  # (H, W, 3) one-hot per site
     scale = float(np.percentile(mosaic, 99.5))
     cfa = _display(mosaic[..., None] * m, scale)
     out = np.clip(rgb, 0, 1) if encoded else _display(rgb, float(np.percentile(rgb, 99.5)))
     r, c = detail_box(rgb.mean(-1), ZOOM)
-    r, c = r - r % 2, c - c % 2  # keep the zoom on whole CFA blocks
+    period = 6 if is_xtrans(pattern) else 2
+    r, c = r - r % period, c - c % period  # keep the zoom on whole CFA cells
     zoom = [np.repeat(np.repeat(a[r:r + ZOOM, c:c + ZOOM], 4, 0), 4, 1) for a in (cfa, out)]
-    top = before_after(_fit(cfa, PREVIEW_SIDE), _fit(out, PREVIEW_SIDE), labels=(f"mosaic ({pattern})", caption))
+    name = "X-Trans" if is_xtrans(pattern) else pattern
+    top = before_after(_fit(cfa, PREVIEW_SIDE), _fit(out, PREVIEW_SIDE), labels=(f"mosaic ({name})", caption))
     bottom = before_after(*zoom, labels=(f"zoom x4 at row {r}, col {c}", "zoom x4"))
     width = max(top.shape[1], bottom.shape[1])
     pad = [np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255) for a in (top, bottom)]
@@ -210,6 +220,20 @@ def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, 
 
 
 # ----------------------------------------------------------------------------- process
+
+def _method_for(name: str, pattern: str):
+    """The method for a pattern: DemosaicNet's X-Trans model for a 6 x 6 X-Trans cell, else ``name``."""
+    from imagingflows.models.demosaic_methods import DemosaicMethod, get_method
+    from imagingflows.tasks.raw_io import is_xtrans
+
+    if not is_xtrans(pattern):
+        return get_method(name)
+    from imagingflows.models import demosaicnet_xtrans as xt
+
+    return DemosaicMethod("demosaicnet-xtrans", xt.demosaic_demosaicnet_xtrans, xt.CROP,
+                          "DemosaicNet's X-Trans model (the demosaicnet package's xtrans.pth)",
+                          "Gharbi, Chaurasia, Paris & Durand 2016, ACM TOG 35(6)")
+
 
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     """Demosaic one mosaic; returns the manifest entry (outputs, summary, warnings)."""
@@ -225,7 +249,7 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
         mosaic, pattern, levels, warnings = read_camera_raw(path, cfg)
     else:
         (mosaic, levels, warnings), pattern = read_mosaic(path, cfg), cfg["pattern"]
-    method = get_method(cfg["method"])
+    method = _method_for(cfg["method"], pattern)
     start = time.perf_counter()
     with torch.inference_mode():
         x = torch.from_numpy(mosaic)[None, None].to(cfg["device"])

@@ -1,6 +1,6 @@
 """Write camera-like DNG files from clean images (tifffile), so tests read them back through rawpy.
 
-``write_dng(path, srgb_linear, pattern)`` simulates a sensor whose colour space is CIE XYZ (D65): the
+``write_dng(path, srgb_linear, pattern)`` (a Bayer name, or an X-Trans cell as 6 rows ``GBGGRG/...``) simulates a sensor whose colour space is CIE XYZ (D65): the
 linear sRGB image is converted to XYZ and exposed at ``EXPOSURE`` (so the white's Z = 1.089 is not
 clipped), sampled on the Bayer ``pattern``, scaled to ``black .. white`` and stored as a 16-bit CFA DNG with the tags LibRaw needs: CFARepeatPatternDim/CFAPattern,
 BlackLevel/WhiteLevel, ColorMatrix1 (XYZ -> camera: identity) with CalibrationIlluminant1 D65,
@@ -38,13 +38,26 @@ def _srational(values, den: int = 1_000_000) -> list[int]:
     return out
 
 
+def _cell(pattern: str) -> list[str]:
+    """A Bayer name (``RGGB``) or X-Trans rows (``GBGGRG/RGRBGB/...``) -> the CFA cell's rows."""
+    rows = pattern.upper().split("/")
+    if len(rows) == 1 and len(rows[0]) == 4 and sorted(rows[0]) == sorted("RGGB"):
+        return [rows[0][:2], rows[0][2:]]
+    if len(rows) == 6 and all(len(r) == 6 and set(r) <= set("RGB") for r in rows):
+        return rows
+    raise ValueError(f"pattern must be RGGB, BGGR, GRBG, GBRG or 6 rows of an X-Trans cell, got {pattern!r}")
+
+
 def sensor_mosaic(srgb_linear: np.ndarray, pattern: str, black: int, white: int) -> np.ndarray:
     """``(H, W, 3)`` linear sRGB in [0, 1] -> the ``(H, W)`` uint16 raw mosaic of the simulated sensor."""
     cam = EXPOSURE * np.einsum("ij,hwj->hwi", SRGB_TO_XYZ, srgb_linear)  # camera RGB = XYZ
     h, w, _ = cam.shape
     site = np.empty((h, w), np.int64)
-    for i, letter in enumerate(pattern):
-        site[i // 2::2, i % 2::2] = CFA_CODES[letter]
+    cell = _cell(pattern)
+    n = len(cell)
+    for y, row in enumerate(cell):
+        for x, letter in enumerate(row):
+            site[y::n, x::n] = CFA_CODES[letter]
     values = np.take_along_axis(cam, site[..., None], axis=2)[..., 0]
     return np.round(black + np.clip(values, 0, 1) * (white - black)).astype(np.uint16)
 
@@ -54,15 +67,14 @@ def write_dng(path: str | Path, srgb_linear: np.ndarray, pattern: str = "RGGB", 
     """Write the DNG (see the module docstring); returns its path."""
     import tifffile
 
-    pattern = pattern.upper()
-    if sorted(pattern) != sorted("RGGB") or len(pattern) != 4:
-        raise ValueError(f"pattern must be one of RGGB, BGGR, GRBG, GBRG, got {pattern!r}")
+    cell = _cell(pattern)
+    n = len(cell)
     raw = sensor_mosaic(srgb_linear, pattern, black, white)
     tags = [
         (254, "I", 1, 0, True),                                              # NewSubFileType: main image
         (271, "s", 0, "imagingflows", True), (272, "s", 0, model, True),    # Make, Model
-        (33421, "H", 2, (2, 2), True),                                       # CFARepeatPatternDim
-        (33422, "B", 4, bytes(CFA_CODES[c] for c in pattern), True),         # CFAPattern
+        (33421, "H", 2, (n, n), True),                                       # CFARepeatPatternDim
+        (33422, "B", n * n, bytes(CFA_CODES[c] for c in "".join(cell)), True),  # CFAPattern
         (50706, "B", 4, bytes([1, 4, 0, 0]), True),                          # DNGVersion
         (50707, "B", 4, bytes([1, 1, 0, 0]), True),                          # DNGBackwardVersion
         (50708, "s", 0, model, True),                                        # UniqueCameraModel

@@ -5,8 +5,8 @@
 site (``black_level_per_channel``), the white level (the per-channel camera white level when the file
 states one, else ``white_level``), the camera's as-shot and daylight white balance, and LibRaw's
 camera-to-sRGB matrix (linear, D65). :func:`normalise` maps the mosaic to [0, 1] site by site.
-Anything LibRaw cannot read, or a file that is not a Bayer CFA file (Foveon, linear DNG, X-Trans,
-quad Bayer), is an :class:`~imagingflows.tasks.ingest.InputError` naming the file.
+A Fujifilm X-Trans file gives its 6 x 6 cell instead of a Bayer name. Anything LibRaw cannot read, or a
+file that is not a CFA file (Foveon, linear DNG) or whose CFA is neither (quad Bayer), is an :class:`~imagingflows.tasks.ingest.InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ RAW_SUFFIXES = (".dng", ".nef", ".cr2", ".cr3", ".arw", ".raf", ".orf", ".rw2", 
 
 @dataclass(frozen=True)
 class RawData:
-    """``mosaic`` (H, W) uint16 as stored; ``black`` (2, 2) per CFA site; ``white`` the level that maps to
+    """``mosaic`` (H, W) uint16 as stored; ``pattern``: a Bayer name (``RGGB``) or a 6 x 6 X-Trans cell
+    (``GBGGRG/RGRBGB/...``); ``black`` (2, 2), or (6, 6) for X-Trans, per CFA site; ``white`` the level that maps to
     1.0; ``camera_wb`` / ``daylight_wb`` (R, G, B) gains normalised to G = 1 (None when the file has
     none); ``cam_to_srgb`` (3, 3) linear camera RGB -> linear sRGB."""
 
@@ -46,6 +47,23 @@ def _gains(values) -> tuple[float, float, float] | None:
     return v[0] / v[1], 1.0, v[2] / v[1]
 
 
+def _xtrans(raw_pattern, color_desc) -> str | None:
+    """A 6 x 6 Fujifilm X-Trans CFA as 6 rows of letters joined by ``/`` (``GBGGRG/RGRBGB/...``), else None."""
+    idx = np.asarray(raw_pattern)
+    desc = color_desc.decode("ascii", "replace") if isinstance(color_desc, (bytes, bytearray)) else str(color_desc)
+    if idx.shape != (6, 6) or idx.max() >= len(desc):
+        return None
+    letters = np.array(list(desc.upper()))[idx]
+    if set(letters.ravel()) != {"R", "G", "B"}:
+        return None
+    return "/".join("".join(row) for row in letters)
+
+
+def is_xtrans(pattern: str) -> bool:
+    """True for :func:`read_raw`'s 6 x 6 X-Trans patterns (Bayer patterns are 4 letters)."""
+    return len(pattern) > 4
+
+
 def _facts(path: Path, raw) -> tuple:
     """What :func:`read_raw` needs from an open rawpy file (LibRaw unpacks lazily: any access may fail)."""
     import rawpy
@@ -58,10 +76,13 @@ def _facts(path: Path, raw) -> tuple:
                          "nothing to demosaick")
     try:
         pattern = from_rawpy(raw.raw_pattern, raw.color_desc)
+        period = 2
     except CFAError as e:
-        raise InputError(f"{path}: {e}") from e
+        pattern, period = _xtrans(raw.raw_pattern, raw.color_desc), 6
+        if pattern is None:
+            raise InputError(f"{path}: {e}") from e
     mosaic = raw.raw_image_visible.copy()
-    colors = raw.raw_colors_visible[:2, :2].copy()
+    colors = raw.raw_colors_visible[:period, :period].copy()
     per_channel = list(raw.black_level_per_channel)
     black = np.array([[per_channel[c] for c in row] for row in colors], np.float64)
     camera_white = raw.camera_white_level_per_channel
@@ -99,5 +120,6 @@ def read_raw(path: str | os.PathLike) -> RawData:
 def normalise(data: RawData) -> np.ndarray:
     """``(H, W)`` float32 in [0, 1]: each site's black subtracted, divided by ``white - black``."""
     h, w = data.mosaic.shape
-    black = np.tile(data.black, (h // 2 + 1, w // 2 + 1))[:h, :w]
+    ph, pw = data.black.shape
+    black = np.tile(data.black, (h // ph + 1, w // pw + 1))[:h, :w]
     return np.clip((data.mosaic.astype(np.float32) - black) / (data.white - black), 0.0, 1.0).astype(np.float32)

@@ -96,3 +96,21 @@ def test_files_that_are_not_bayer_cfa_fail_alone_by_name(dngs, tmp_path):
     assert "linear.dng: not a CFA file" in errors["linear"] and "linear" in errors["linear"]
     assert "xtrans.dng" in errors["xtrans"] and "X-Trans" in errors["xtrans"]
     assert "inverted.dng: white level 1000" in errors["inverted"] and "black level 4000" in errors["inverted"]
+
+
+def test_an_xtrans_raw_goes_to_demosaicnets_xtrans_model(tmp_path):
+    from imagingflows.models.demosaicnet import DemosaicNetError, load_package_state_dict
+    from imagingflows.models.demosaicnet_xtrans import XTRANS_CELL
+
+    try:
+        load_package_state_dict("xtrans.pth")
+    except DemosaicNetError as e:
+        pytest.skip(str(e))
+    shifted = "/".join(row[2:] + row[:2] for row in XTRANS_CELL[3:] + XTRANS_CELL[:3])  # a shift of the cell
+    write_dng(tmp_path / "in" / "fuji.dng", clean_image(), shifted)
+    result = run_pipeline("demosaic", tmp_path / "in", tmp_path / "out", method="demosaicnet", linear=True)
+    assert result["counts"]["done"] == 1, result["errors"]
+    entry = json.loads((tmp_path / "out" / "run.json").read_text())["items"]["fuji"]
+    assert entry["summary"]["pattern"] == shifted and entry["summary"]["method"] == "demosaicnet-xtrans"
+    developed = tifffile.imread(tmp_path / "out" / "fuji.tif").astype(np.float64) / 65535
+    assert _psnr(developed, EXPOSURE * clean_image(), crop=6) > 33
