@@ -3,9 +3,10 @@
 Naming: a pattern is named by the **physical top-left 2x2 block**, read row by row:
 ``RGGB`` means pixel (0, 0) is red, (0, 1) and (1, 0) green, (1, 1) blue. Only the four Bayer
 patterns exist here (``RGGB``, ``BGGR``, ``GRBG``, ``GBRG``); X-Trans (6x6), quad-Bayer (4x4),
-RGBE/CMYG sensors and Foveon/linear files are refused with an error saying what they are.
+RGBE/CMYG sensors and Foveon/linear files are refused with an error saying what they are (X-Trans
+cells are handled by ``models/demosaicnet_xtrans.py``; :func:`cell_masks` serves both).
 
-Conversions at library boundaries (``../shared/research/demosaicking.md`` section 2):
+Conversions at library boundaries (checked in ``tests/test_demosaic_classical.py``):
 
 =========  ============================  ===================  ==============================
 physical   OpenCV ``COLOR_Bayer??2RGB``  kornia ``CFA.??``    rawpy ``raw_pattern`` (RGBG)
@@ -21,7 +22,7 @@ i.e. the physical name read backwards: physical RGGB is ``BayerBG``. rawpy's ``r
 holds indices into ``color_desc`` (``b"RGBG"`` for 3-colour Bayer sensors); LibRaw numbers the
 green that shares its row with blue as 3 (``identify()``: ``filters |= ((filters >> 2 &
 0x22222222) | (filters << 2 & 0x88888888)) & filters << 1``). The research note's table has
-``[[1, 2], [0, 3]]`` for GBRG, which contradicts that rule; reading a pattern does not care
+``[[1, 2], [0, 3]]`` for GBRG (a research note's table), which contradicts that rule; reading a pattern does not care
 (both greens map to ``G`` through ``color_desc``), only :func:`to_rawpy` does.
 
 Tensor shapes: masks ``(3, H, W)``; RGB images ``(B, 3, H, W)``; mosaics ``(B, 1, H, W)``.
@@ -67,15 +68,23 @@ def channel_index(pattern: str) -> list[list[int]]:
     return [[_CHANNEL[p[0]], _CHANNEL[p[1]]], [_CHANNEL[p[2]], _CHANNEL[p[3]]]]
 
 
+def cell_masks(rows: Sequence[str], height: int, width: int, *, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """``(3, height, width)`` 0/1 masks of the red, green and blue sites of a CFA cell given as its rows of
+    letters (``("RG", "GB")`` for RGGB, six rows of six for X-Trans), repeated over the image."""
+    out = torch.zeros(3, height, width, dtype=dtype, device=device)
+    n, m = len(rows), len(rows[0])
+    for y, row in enumerate(rows):
+        for x, letter in enumerate(row):
+            out[_CHANNEL[letter], y::n, x::m] = 1
+    return out
+
+
 def masks(pattern: str, height: int, width: int, *, dtype: torch.dtype = torch.float32,
           device: torch.device | str | None = None) -> torch.Tensor:
     """``(3, height, width)`` 0/1 masks of the red, green and blue sites of ``pattern``."""
-    index = channel_index(pattern)
-    out = torch.zeros(3, height, width, dtype=dtype, device=device)
-    for y in range(2):
-        for x in range(2):
-            out[index[y][x], y::2, x::2] = 1
-    return out
+    p = check_pattern(pattern)
+    return cell_masks((p[:2], p[2:]), height, width, dtype=dtype, device=device)
 
 
 def mosaic(rgb: torch.Tensor, pattern: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from imagingflows.models import demosaic_bilinear, demosaic_malvar, demosaic_menon, demosaicnet
+from imagingflows.models import demosaic_bilinear, demosaic_malvar, demosaic_menon, demosaicnet, demosaicnet_xtrans
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ METHODS: dict[str, DemosaicMethod] = {
 
 #: the methods without weights (compared with colour-demosaicing); the rest are learned
 CLASSICAL = ("bilinear", "malvar", "menon")
+
+#: what ``demosaicnet`` runs on a 6 x 6 X-Trans cell (not a ``--method`` of its own)
+XTRANS = DemosaicMethod("demosaicnet-xtrans", demosaicnet_xtrans.demosaic_demosaicnet_xtrans, demosaicnet_xtrans.CROP,
+                        "DemosaicNet's X-Trans model (the demosaicnet package's xtrans.pth)",
+                        "Gharbi, Chaurasia, Paris & Durand 2016, ACM TOG 35(6)")
 
 
 def get_method(name: str) -> DemosaicMethod:

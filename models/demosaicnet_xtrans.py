@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from imagingflows.models.cfa import CFAError
+from imagingflows.models.cfa import CFAError, cell_masks
 from imagingflows.models.demosaic_tiling import mirror_index
 from imagingflows.models.demosaicnet import load_package_state_dict
 
@@ -209,12 +209,7 @@ class DemosaicNetXTrans(nn.Module):
 def xtrans_masks(pattern: Any, height: int, width: int, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """``(3, height, width)`` 0/1 masks of the red, green and blue sites of an X-Trans ``pattern``."""
-    rows = check_xtrans_pattern(pattern)
-    out = torch.zeros(3, height, width, dtype=dtype, device=device)
-    for y in range(6):
-        for x in range(6):
-            out[_CHANNEL[rows[y][x]], y::6, x::6] = 1
-    return out
+    return cell_masks(check_xtrans_pattern(pattern), height, width, dtype=dtype, device=device)
 
 
 def xtrans_mosaic(rgb: torch.Tensor, pattern: Any = None) -> torch.Tensor:

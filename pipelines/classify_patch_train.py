@@ -233,18 +233,20 @@ def pooled_stats(sources: list) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def labelled_tiles(src, grid: LabelGrid, windows: list):
-    """``(window, labels (T, T) uint8)`` of every tile with a valid pixel and a label (others skipped)."""
+    """``(window, labels (T, T) uint8, pixels (C, T, T), valid (T, T))`` of every tile with a valid pixel and
+    a label (others skipped)."""
     import rasterio
 
-    from imagingflows.tasks.raster_io import is_empty
+    from imagingflows.tasks.raster_io import read_valid_tile
 
     with rasterio.open(grid.path) as ds:
         for w in windows:
-            if is_empty(src, w):
+            tile = read_valid_tile(src, w)
+            if tile is None:
                 continue
             labels = read_labels(ds, grid, src, w)
             if (labels != NO_LABEL).any():
-                yield w, labels
+                yield w, labels, *tile
 
 
 def embed_patches(enc, src, grid: LabelGrid, cfg: dict) -> dict:
@@ -253,7 +255,7 @@ def embed_patches(enc, src, grid: LabelGrid, cfg: dict) -> dict:
 
     from imagingflows.models.encoder import encode
     from imagingflows.pipelines.remote_sensing import patch_validity
-    from imagingflows.tasks.raster_io import read_tile, tile_windows
+    from imagingflows.tasks.raster_io import tile_windows
 
     patch, (mean, std) = cfg["patch_size"], cfg["_stats"]
     windows = tile_windows(src.height, src.width, cfg["tile"], 0)
@@ -272,8 +274,7 @@ def embed_patches(enc, src, grid: LabelGrid, cfg: dict) -> dict:
             vs.append(np.full(int(keep.sum()), w in strip))
         batch.clear()
 
-    for w, labels in labelled_tiles(src, grid, windows):
-        pixels, valid = read_tile(src, w)
+    for w, labels, pixels, valid in labelled_tiles(src, grid, windows):
         batch.append((w, pixels, valid, labels))
         if len(batch) == cfg["batch_size"]:
             flush()
@@ -457,13 +458,12 @@ def scene_tiles(src, grid: LabelGrid, cfg: dict) -> dict:
     The tiles and patches :func:`embed_patches` keeps (skipped: empty or unlabelled tiles, and tiles left
     without a target)."""
     from imagingflows.pipelines.remote_sensing import patch_validity
-    from imagingflows.tasks.raster_io import read_tile, tile_windows
+    from imagingflows.tasks.raster_io import tile_windows
 
     windows = tile_windows(src.height, src.width, cfg["tile"], 0)
     strip = held_out(windows, src.height, src.width, cfg["val_fraction"])
     out: dict = {"train": [], "val": [], "tiles": len(windows), "val_tiles": len(strip)}
-    for w, labels in labelled_tiles(src, grid, windows):
-        _, valid = read_tile(src, w)
+    for w, labels, _, valid in labelled_tiles(src, grid, windows):
         ok = patch_validity(valid[None], cfg["patch_size"])[0]
         target = np.where(ok, patch_labels(labels[None], cfg["patch_size"])[0], NO_LABEL).astype(np.uint8)
         if (target != NO_LABEL).any():

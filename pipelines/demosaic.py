@@ -83,10 +83,10 @@ def prepare(config: dict) -> dict:
     cfg = DemosaicRun.parse(config).to_config()
     method = get_method(cfg["method"])
     if method.name == "demosaicnet":  # its weights are the installed package's: missing is a set-up error
-        from imagingflows.models.demosaicnet import DemosaicNetError, load_package_state_dict
+        from imagingflows.models.demosaicnet import DemosaicNetError, package_weights
 
         try:
-            load_package_state_dict()
+            package_weights()
         except DemosaicNetError as e:
             raise ValueError(str(e)) from e
     device = select_device(cfg["device"])
@@ -223,16 +223,10 @@ def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, 
 
 def _method_for(name: str, pattern: str):
     """The method for a pattern: DemosaicNet's X-Trans model for a 6 x 6 X-Trans cell, else ``name``."""
-    from imagingflows.models.demosaic_methods import DemosaicMethod, get_method
+    from imagingflows.models.demosaic_methods import XTRANS, get_method
     from imagingflows.tasks.raw_io import is_xtrans
 
-    if not is_xtrans(pattern):
-        return get_method(name)
-    from imagingflows.models import demosaicnet_xtrans as xt
-
-    return DemosaicMethod("demosaicnet-xtrans", xt.demosaic_demosaicnet_xtrans, xt.CROP,
-                          "DemosaicNet's X-Trans model (the demosaicnet package's xtrans.pth)",
-                          "Gharbi, Chaurasia, Paris & Durand 2016, ACM TOG 35(6)")
+    return XTRANS if is_xtrans(pattern) else get_method(name)
 
 
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:

@@ -227,20 +227,14 @@ def tile_batches(src, windows: list, stats: tuple, batch_size: int, min_valid: f
     value is the mask, and are left out (their count is ``len(windows)`` minus the tiles yielded).
     Reports progress per tile."""
     from imagingflows.models.progress import report
-    from imagingflows.tasks.raster_io import is_empty, read_tile
+    from imagingflows.tasks.raster_io import read_valid_tile
 
     mean, std = stats[0][:, None, None], stats[1][:, None, None]
-    mask_is_pixels = all(kind == "nodata" for kind in src.mask_kinds)  # checking emptiness reads them anyway
     batch: list = []
     for done, window in enumerate(windows, 1):
-        if mask_is_pixels:
-            pixels, valid = read_tile(src, window)
-            keep = valid.any() and float(valid.mean()) > min_valid
-        else:
-            keep = not is_empty(src, window, min_valid)
-            if keep:
-                pixels, valid = read_tile(src, window)
-        if keep:
+        tile = read_valid_tile(src, window, min_valid)
+        if tile is not None:
+            pixels, valid = tile
             batch.append((window, np.where(valid[None], (pixels - mean) / std, 0).astype(np.float32), valid))
             if len(batch) == batch_size:
                 yield batch

@@ -655,6 +655,19 @@ def is_empty(src: RasterSource, window: TileWindow, min_valid_fraction: float = 
     return not valid.any() or float(valid.mean()) <= min_valid_fraction
 
 
+def read_valid_tile(src: RasterSource, window: TileWindow,
+                    min_valid_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`read_tile`'s ``(pixels, valid)``, or None for a tile with no valid pixel (or no more than
+    ``min_valid_fraction``). Decided from the masks alone where the files have them (mask band, alpha);
+    where a nodata value is the mask, from the one pixel read the tile needs anyway."""
+    if all(kind == "nodata" for kind in src.mask_kinds):
+        pixels, valid = read_tile(src, window)
+        return (pixels, valid) if valid.any() and float(valid.mean()) > min_valid_fraction else None
+    if is_empty(src, window, min_valid_fraction):
+        return None
+    return read_tile(src, window)
+
+
 def _inner(src: RasterSource, row: int, col: int, h: int, w: int):
     """The part of a (row, col, h, w) rectangle inside the raster: ``((r0, r1, c0, c1) in the output, Window)``."""
     from rasterio.windows import Window
