@@ -2,7 +2,7 @@
 
 ``write_dng(path, srgb_linear, pattern)`` (a Bayer name, or an X-Trans cell as 6 rows ``GBGGRG/...``) simulates a sensor whose colour space is CIE XYZ (D65): the
 linear sRGB image is converted to XYZ and exposed at ``EXPOSURE`` (so the white's Z = 1.089 is not
-clipped), sampled on the Bayer ``pattern``, scaled to ``black .. white`` and stored as a 16-bit CFA DNG with the tags LibRaw needs: CFARepeatPatternDim/CFAPattern,
+clipped), sampled on the Bayer ``pattern``, scaled to ``black .. white`` and stored as a 16-bit CFA DNG (``tasks/dng_write.py``) with the tags LibRaw needs: CFARepeatPatternDim/CFAPattern,
 BlackLevel/WhiteLevel, ColorMatrix1 (XYZ -> camera: identity) with CalibrationIlluminant1 D65,
 AsShotNeutral (the XYZ of the D65 white: the raw response to white), UniqueCameraModel. Developing
 it (black, white, white balance 1/neutral, LibRaw's camera -> sRGB matrix) gives ``EXPOSURE`` times the
@@ -18,34 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from imagingflows.tasks.dng_write import CFA_CODES, write_cfa_dng
+from imagingflows.tasks.dng_write import cfa_cell as _cell
+from imagingflows.tasks.dng_write import srational as _srational
+
 SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],
                         [0.0193339, 0.1191920, 0.9503041]])
 D65_XYZ = SRGB_TO_XYZ.sum(1)  # the XYZ of linear sRGB white (1, 1, 1): (0.9505, 1.0, 1.0888)
-CFA_CODES = {"R": 0, "G": 1, "B": 2}  # TIFF/EP CFAPattern colour codes
 EXPOSURE = 0.9
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _srational(values, den: int = 1_000_000) -> list[int]:
-    out: list[int] = []
-    for v in values:
-        out += [int(round(v * den)), den]
-    return out
-
-
-def _cell(pattern: str) -> list[str]:
-    """A Bayer name (``RGGB``) or X-Trans rows (``GBGGRG/RGRBGB/...``) -> the CFA cell's rows."""
-    rows = pattern.upper().split("/")
-    if len(rows) == 1 and len(rows[0]) == 4 and sorted(rows[0]) == sorted("RGGB"):
-        return [rows[0][:2], rows[0][2:]]
-    if len(rows) == 6 and all(len(r) == 6 and set(r) <= set("RGB") for r in rows):
-        return rows
-    raise ValueError(f"pattern must be RGGB, BGGR, GRBG, GBRG or 6 rows of an X-Trans cell, got {pattern!r}")
 
 
 def sensor_mosaic(srgb_linear: np.ndarray, pattern: str, black: int, white: int) -> np.ndarray:
@@ -65,30 +51,8 @@ def sensor_mosaic(srgb_linear: np.ndarray, pattern: str, black: int, white: int)
 def write_dng(path: str | Path, srgb_linear: np.ndarray, pattern: str = "RGGB", *, black: int = 256,
               white: int = 4095, model: str = "imagingflows synthetic XYZ sensor") -> Path:
     """Write the DNG (see the module docstring); returns its path."""
-    import tifffile
-
-    cell = _cell(pattern)
-    n = len(cell)
     raw = sensor_mosaic(srgb_linear, pattern, black, white)
-    tags = [
-        (254, "I", 1, 0, True),                                              # NewSubFileType: main image
-        (271, "s", 0, "imagingflows", True), (272, "s", 0, model, True),    # Make, Model
-        (33421, "H", 2, (n, n), True),                                       # CFARepeatPatternDim
-        (33422, "B", n * n, bytes(CFA_CODES[c] for c in "".join(cell)), True),  # CFAPattern
-        (50706, "B", 4, bytes([1, 4, 0, 0]), True),                          # DNGVersion
-        (50707, "B", 4, bytes([1, 1, 0, 0]), True),                          # DNGBackwardVersion
-        (50708, "s", 0, model, True),                                        # UniqueCameraModel
-        (50713, "H", 2, (1, 1), True),                                       # BlackLevelRepeatDim
-        (50714, "H", 1, black, True),                                        # BlackLevel
-        (50717, "H", 1, white, True),                                        # WhiteLevel
-        (50721, "2i", 9, _srational(np.eye(3).ravel()), True),               # ColorMatrix1: XYZ -> camera
-        (50778, "H", 1, 21, True),                                           # CalibrationIlluminant1: D65
-        (50728, "2I", 3, _srational(D65_XYZ), True),                         # AsShotNeutral
-    ]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, raw, photometric=32803, planarconfig=1, extratags=tags)
-    return path
+    return write_cfa_dng(path, raw, pattern, black=black, white=white, as_shot_neutral=D65_XYZ, model=model)
 
 
 def clean_image() -> np.ndarray:
