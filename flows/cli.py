@@ -161,14 +161,18 @@ def _evaluate(pipeline: str, ctx: typer.Context, **values: Any) -> None:
     code = 0
     try:
         if ev["predictions"] is None:
+            typed = {**pipe.evaluate_run_options, **typed}  # the evaluation run's own options, under the typed
             code = _run_batch(pipeline, ev["input"], ev["output"], typed, resume=ev["resume"], runner="thread",
                               workers=1, quiet=ev["quiet"])
         result = evaluate_pipeline(pipeline, ev["predictions"] or ev["output"], reference, ev["output"], typed)
     except UsageError as e:
         _fail(str(e))
     if not ev["quiet"]:
-        mean = result["metrics"].get("mean", {})
-        err.print("mean: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), highlight=False)
+        if result.get("text"):  # the pipeline's own summary table (evaluate_summary's "text"), to stdout
+            typer.echo(result["text"].rstrip("\n"))
+        else:
+            mean = result["metrics"].get("mean", {})
+            err.print("mean: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), highlight=False)
         if result["metrics"].get("conventions"):
             err.print(result["metrics"]["conventions"], highlight=False)
     raise typer.Exit(1 if result["failed"] or code == 1 else 0)  # an item that failed to run is a failure

@@ -8,7 +8,7 @@ table to ``run.json`` / ``report.html``.
 Run-level results: a pipeline's ``evaluate_summary(per_item, out_dir, config) -> {"metrics": {...},
 "figures": [paths], "files": [paths]}`` (paths relative to ``out_dir``, written by it), for metrics that are not a mean of the items (counts summed over items) and pictures. Its
 metrics go to ``metrics.json`` as ``overall`` (their numbers also to the report's metric table), its
-figures to the report. Structured per-item values (lists, dicts) stay in ``metrics.json``; run.json
+figures to the report; its ``text`` (a table, say) is returned as ``text`` for the CLI to print. Structured per-item values (lists, dicts) stay in ``metrics.json``; run.json
 and the report's item table get the scalars.
 """
 
@@ -97,7 +97,7 @@ def evaluate_flow(pipeline: str, predictions: str, references: str, output_dir: 
     manifest.set(metrics={**table, "labels": conventions}, finished=now(),
                  **({"figures": figures + list(run_level["figures"])} if run_level.get("figures") else {}))
     write_report(out, manifest.data)
-    return {"metrics": metrics, "failed": failed}
+    return {"metrics": metrics, "failed": failed, **({"text": run_level["text"]} if run_level.get("text") else {})}
 
 
 def evaluate_pipeline(pipeline: str, predictions: str | Path, references: str | Path, output_dir: str | Path,

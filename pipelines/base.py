@@ -99,13 +99,17 @@ class Pipeline:
             (default: its expected outputs, or its own folder; never the output folder).
         scrub: ``(message, item paths) -> message`` under anonymize (default: input paths and names).
         evaluate: scores one prediction; None: no ``run-flow evaluate <name>``.
-        evaluate_summary: ``(per_item metrics, out_dir, config) -> {"metrics", "figures", "files"}``: run-level
-            results that are not a mean of the items (counts summed over items) and pictures (see
-            flows/evaluate.py); None: the mean only.
+        evaluate_summary: ``(per_item metrics, out_dir, config) -> {"metrics", "figures", "files", "text"}``:
+            run-level results that are not a mean of the items (counts summed over items), pictures, and a
+            ``text`` (a table) the CLI prints instead of its one-line mean (see flows/evaluate.py); None: the
+            mean only.
         list_predictions: ``pred_dir -> [item ids]`` to score (default: the items done in its run.json).
         find_prediction / find_reference: locate an item's files (default: ``folder/<item_id>``).
         references_in_input: True when the input folder holds the references too, so
             ``evaluate --input X`` scores against ``X`` unless ``--reference`` says otherwise.
+        evaluate_run_options: options ``run-flow evaluate <name> --input X`` adds to the run it starts (under
+            what was typed: a typed value wins), e.g. ``{"simulate": True}`` for a pipeline whose evaluation
+            run makes its own inputs from the references.
         evaluate_config: ``(pred_dir, options) -> config`` for ``evaluate`` (raises ``ValueError`` when
             scoring cannot start); default: the options as given.
         metric_conventions: how metrics are computed (text, or ``config -> text``).
@@ -132,6 +136,7 @@ class Pipeline:
     find_prediction: Find = find_file
     find_reference: Find = find_file
     references_in_input: bool = False
+    evaluate_run_options: dict[str, Any] = field(default_factory=dict)
     evaluate_config: Callable[[Path, dict], Any] | None = None
     metric_conventions: str | Callable[[Any], str] = ""
     train: Train | None = None

@@ -18,7 +18,10 @@ Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007), by 
      (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
 X-Trans: a RAW file with a 6 x 6 Fujifilm CFA goes to DemosaicNet's X-Trans model (``--method demosaicnet``;
      the classical methods refuse it by name).
-Not yet (issue 12): our JDD network, train and evaluate, ``--crop`` of the sensor margins.
+Reference mode (``--simulate``; ``run-flow evaluate demosaic --input rgb_gt/ --methods ...`` sets it): clean RGB
+     images are mosaicked (``--pattern``, default RGGB), optionally made noisy (``--noise``), demosaicked by every
+     ``--methods`` (LibRaw's ``rawpy-*`` too) and scored (CPSNR table): ``pipelines/demosaic_evaluate.py``.
+Not yet (issue 12): our JDD network, train, ``--crop`` of the sensor margins.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagingflows.pipelines import demosaic_evaluate as reference
 from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.demosaic_options import DemosaicRun
 from imagingflows.tasks.ingest import InputError, Item
@@ -42,8 +46,10 @@ ZOOM = 64  # side of the zoomed detail, source pixels (shown x4)
 
 
 def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str, str]]]:
-    """One item per PNG/TIFF under ``input_dir`` (recursively, not in ``previews/``); id = relative path
-    without its suffix."""
+    """One item per RAW/PNG/TIFF under ``input_dir`` (recursively, not in ``previews/``); id = relative path
+    without its suffix. Reference mode: :func:`demosaic_evaluate.discover_references`."""
+    if config.get("simulate"):
+        return reference.discover_references(input_dir, config)
     input_dir = Path(input_dir)
     items, errors, seen = [], [], {}
     for path in sorted(input_dir.rglob("*")):
@@ -73,6 +79,7 @@ def expected_outputs(item_id: str, out_dir: Path) -> list[Path]:
 def cleanup(item_id: str, out_dir: Path) -> None:
     for path in _outputs(item_id, out_dir):
         path.unlink(missing_ok=True)
+    reference.cleanup_reference(item_id, out_dir)  # the item folder of reference mode (its own files only)
 
 
 def prepare(config: dict) -> dict:
@@ -81,6 +88,9 @@ def prepare(config: dict) -> dict:
     from imagingflows.models.demosaic_methods import get_method
 
     cfg = DemosaicRun.parse(config).to_config()
+    if cfg["simulate"]:
+        cfg["device"] = str(select_device(cfg["device"]))
+        return reference.prepare_references(cfg)
     method = get_method(cfg["method"])
     if method.name == "demosaicnet":  # its weights are the installed package's: missing is a set-up error
         from imagingflows.models.demosaicnet import DemosaicNetError, package_weights
@@ -233,9 +243,10 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     """Demosaic one mosaic; returns the manifest entry (outputs, summary, warnings)."""
     import torch
 
-    from imagingflows.models.demosaic_methods import get_method
     from imagingflows.tasks.image_io import srgb_profile, write_image
 
+    if cfg.get("simulate"):
+        return reference.process_reference(item, out_dir, cfg)
     t0 = time.perf_counter()
     is_raw = "raw" in item.paths
     path = item.paths["raw" if is_raw else "mosaic"]
@@ -291,4 +302,12 @@ def pipeline() -> Pipeline:
         run_options=DemosaicRun,
         cleanup=cleanup,
         packages=("pillow", "tifffile", "rawpy"),
+        evaluate=reference.evaluate_item,  # every method's output in the item folder vs the clean reference
+        evaluate_summary=reference.summarize,  # the CPSNR table (cpsnr_table.md / .csv), printed by the CLI
+        evaluate_config=reference.evaluate_config,
+        evaluate_run_options={"simulate": True},  # `evaluate --input` runs reference mode
+        find_prediction=reference.find_prediction,
+        find_reference=reference.find_reference,
+        references_in_input=True,
+        metric_conventions=reference.metric_conventions,
     )

@@ -1,10 +1,11 @@
-"""The options of ``run-flow demosaic``, declared once."""
+"""The options of ``run-flow demosaic``, declared once (reference mode: ``--simulate``, ``--methods``, ``--noise``,
+``--border``; see ``pipelines/demosaic_evaluate.py``)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from imagingflows.pipelines.options import Options, option
 
@@ -36,9 +37,33 @@ class DemosaicRun(Options):
     tile: int = option(1024, "Tile side: memory is bounded by a tile plus its halo.", unit="pixels", ge=16,
                        output=True)
     device: str = option("cpu", "cpu, cuda or cuda:N.", output=False)
+    simulate: bool = option(False, "Reference mode: the inputs are clean RGB images (PNG/TIFF/JPEG, 8/16-bit); each "
+                                   "is mosaicked with --pattern (default RGGB here), --noise added, and demosaicked "
+                                   "by every --methods (`run-flow evaluate demosaic --input` sets it).", output=True)
+    methods: str | None = option(None, "Reference mode: comma-separated methods to compare (bilinear, malvar, menon, "
+                                       "demosaicnet, learned ones registered later, and LibRaw's rawpy-ahd, rawpy-dht, "
+                                       "rawpy-vng, rawpy-aahd, rawpy-ppg, rawpy-dcb, rawpy-linear). Default: every "
+                                       "method available here (LibRaw: ahd, dht, vng, aahd).", output=True)
+    noise: float = option(0.0, "Reference mode: std of Gaussian noise added to the [0, 1] mosaic (seeded from the "
+                               "image's id: every method gets the same noisy mosaic); 10/255 = 0.0392.",
+                          unit="fraction of full scale", ge=0, output=True)
+    border: int = option(4, "Reference mode: pixels cropped from each side before scoring.", unit="pixels", ge=0,
+                         output=False)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from imagingflows.pipelines.demosaic_evaluate import check_methods
+
+        return ",".join(check_methods(value))
 
     @model_validator(mode="after")
     def _levels(self):
         if self.black is not None and self.white is not None and self.white <= self.black:
             raise ValueError(f"--white ({self.white:g}) must be above --black ({self.black:g})")
+        if not self.simulate and (self.methods is not None or self.noise):
+            raise ValueError("--methods and --noise belong to reference mode (--simulate: clean RGB inputs are "
+                             "mosaicked); `run-flow evaluate demosaic --input` sets it")
         return self
