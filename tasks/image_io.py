@@ -62,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagingflows.tasks.icc import srgb_profile  # noqa: F401  (moved to tasks/icc.py; importable here too)
 from imagingflows.tasks.ingest import InputError
 from imagingflows.tasks.write import WriteError, atomic_path
 
@@ -847,23 +848,6 @@ def from_float(x, bit_depth: int = 8) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-
-
-def srgb_profile() -> bytes:
-    """An sRGB ICC profile made by LittleCMS through Pillow (no file is read).
-
-    LittleCMS stamps the creation time into the header (bytes 24-35); a fixed date keeps outputs
-    reproducible (the profile carries no MD5 profile ID that this would invalidate).
-    """
-    import struct
-
-    from PIL import ImageCms
-
-    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    if any(icc[84:100]):
-        return bytes(icc)  # an ID over the header: leave it as made
-    icc[24:36] = struct.pack(">6H", 2025, 1, 1, 0, 0, 0)
-    return bytes(icc)
 
 
 def write_image(
