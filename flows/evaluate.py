@@ -6,10 +6,12 @@ it scores outputs that already exist. Writes ``metrics.json`` and adds the metri
 table to ``run.json`` / ``report.html``.
 
 Run-level results: a pipeline's ``evaluate_summary(per_item, out_dir, config) -> {"metrics": {...},
-"figures": [paths], "files": [paths]}`` (paths relative to ``out_dir``, written by it), for metrics that are not a mean of the items (counts summed over items) and pictures. Its
+"figures": [paths], "files": [paths], "text": str}`` (paths relative to ``out_dir``, written by it), for
+metrics that are not a mean of the items (counts summed over items) and pictures (every key optional). Its
 metrics go to ``metrics.json`` as ``overall`` (their numbers also to the report's metric table), its
-figures to the report; its ``text`` (a table, say) is returned as ``text`` for the CLI to print. Structured per-item values (lists, dicts) stay in ``metrics.json``; run.json
-and the report's item table get the scalars.
+figures to the report; its ``text`` (a table, say) is returned as ``text`` for the CLI to print
+instead of the one-line mean. Structured per-item values (lists, dicts) stay in ``metrics.json``;
+run.json and the report's item table get the scalars.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``write_dng(path, srgb_linear, pattern)`` (a Bayer name, or an X-Trans cell as 6 rows ``GBGGRG/...``) simulates a sensor whose colour space is CIE XYZ (D65): the
 linear sRGB image is converted to XYZ and exposed at ``EXPOSURE`` (so the white's Z = 1.089 is not
-clipped), sampled on the Bayer ``pattern``, scaled to ``black .. white`` and stored as a 16-bit CFA DNG (``tasks/dng_write.py``) with the tags LibRaw needs: CFARepeatPatternDim/CFAPattern,
+clipped), sampled on the Bayer ``pattern``, scaled to ``black .. white`` and stored as a 16-bit CFA DNG
+(``tasks/dng_write.py``) with the tags LibRaw needs: CFARepeatPatternDim/CFAPattern,
 BlackLevel/WhiteLevel, ColorMatrix1 (XYZ -> camera: identity) with CalibrationIlluminant1 D65,
 AsShotNeutral (the XYZ of the D65 white: the raw response to white), UniqueCameraModel. Developing
 it (black, white, white balance 1/neutral, LibRaw's camera -> sRGB matrix) gives ``EXPOSURE`` times the
