@@ -17,8 +17,8 @@ Scores (``evaluate``): per image and method ``cpsnr_<m>`` (10 log10(1 / MSE) ove
      ``--border`` px cropped per side), ``psnr_r_<m>`` / ``psnr_g_<m>`` / ``psnr_b_<m>`` and ``s_per_mp_<m>``;
      the mean over images comes from the evaluate flow; :func:`summarize` writes ``cpsnr_table.md`` / ``.csv``
      (one row per method) and returns the table as text for the terminal. Times include, for torch methods,
-     moving the tile to the device and back (a first call per process is made untimed, to load weights), and for
-     LibRaw, writing and decoding the DNG.
+     moving the mosaic to the device and back (a first call per process, on a crop of at most 128 x 128, is made
+     untimed: weights loaded), and for LibRaw, writing and decoding the DNG.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ DEFAULT_PATTERN = "RGGB"
 # ----------------------------------------------------------------------------- methods
 
 def _torch_names() -> list[str]:
-    from imagingflows.models.demosaic_methods import METHODS
+    from imagingflows.models.demosaic_methods import list_methods
 
-    return list(METHODS)
+    return list_methods()
 
 
 def all_methods() -> list[str]:
@@ -74,22 +74,26 @@ def check_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _get(name: str, device: str):
-    """``get_method(name)``, with ``device=`` where the registry takes it (learned methods)."""
-    from imagingflows.models.demosaic_methods import get_method
+def _get(name: str, cfg: dict):
+    """``get_method(name)``, with ``device=`` (and ``weights=`` when the run has ``weights``, for the methods
+    that run a checkpoint) where the registry takes them."""
+    from imagingflows.models import demosaic_methods as registry
 
-    takes_device = "device" in inspect.signature(get_method).parameters
-    return get_method(name, device=device) if takes_device else get_method(name)
+    takes = inspect.signature(registry.get_method).parameters
+    kwargs = {"device": cfg["device"]} if "device" in takes else {}
+    if "weights" in takes and cfg.get("weights") and name in getattr(registry, "LEARNED", {}):
+        kwargs["weights"] = cfg["weights"]
+    return registry.get_method(name, **kwargs)
 
 
-def _usable(name: str, device: str) -> str | None:
+def _usable(name: str, cfg: dict) -> str | None:
     """None when ``name`` can run here, else why not."""
     from imagingflows.tasks.libraw_develop import is_libraw
 
     if is_libraw(name):
         return None
     try:
-        method = _get(name, device)
+        method = _get(name, cfg)
         if method.name == "demosaicnet":
             from imagingflows.models.demosaicnet import package_weights
 
@@ -101,24 +105,26 @@ def _usable(name: str, device: str) -> str | None:
 
 def prepare_references(cfg: dict) -> dict:
     """Reference-mode config: the methods resolved (default: all that can run here), the pattern defaulted."""
-    from imagingflows.tasks.libraw_develop import DEFAULT, available
+    from imagingflows.tasks.libraw_develop import DEFAULT, available, is_libraw
 
     notes = []
     if cfg["methods"]:
         names = cfg["methods"].split(",")
         for name in names:
-            why = _usable(name, cfg["device"])
+            why = _usable(name, cfg)
             if why:
                 raise ValueError(f"--methods {name}: cannot run here ({why})")
     else:
         names = []
         for name in _torch_names() + available(DEFAULT):
-            why = _usable(name, cfg["device"])
+            why = _usable(name, cfg)
             names.append(name) if why is None else notes.append(f"{name} left out: {why}")
     if cfg["pattern"] is None:
         notes.append(f"references are mosaicked with {DEFAULT_PATTERN} (no --pattern given)")
+    weights = {n: w[1] for n in names if not is_libraw(n) and (w := getattr(_get(n, cfg), "weights", None))}
+    digest = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest() if weights else None
     cfg.update(methods=",".join(names), pattern=cfg["pattern"] or DEFAULT_PATTERN, notes=notes,
-               model={"method": "compare", "methods": names}, weights_sha256=None)
+               model={"method": "compare", "methods": names, "weights_sha256": weights}, weights_sha256=digest)
     return cfg
 
 
@@ -203,11 +209,12 @@ def run_method(name: str, mosaic: np.ndarray, pattern: str, cfg: dict) -> tuple[
         rgb = libraw_demosaic(mosaic, pattern, name)
         seconds = time.perf_counter() - start
     else:
-        method = _get(name, cfg["device"])
+        method = _get(name, cfg)
         kwargs = {"noise": float(cfg["noise"])} if "noise" in inspect.signature(method).parameters else {}
         with torch.inference_mode():
             if (name, cfg["device"]) not in _WARM:  # weights loaded, kernels built: not part of the time
-                method(torch.zeros(1, 1, 32, 32, device=cfg["device"]), pattern, tile=cfg["tile"], **kwargs)
+                crop = mosaic[:128, :128].astype(np.float32) / 65535  # even sides: the pattern holds
+                method(torch.from_numpy(crop)[None, None].to(cfg["device"]), pattern, tile=cfg["tile"], **kwargs)
                 _WARM.add((name, cfg["device"]))
             start = time.perf_counter()
             x = torch.from_numpy(mosaic.astype(np.float32) / 65535)[None, None].to(cfg["device"])
