@@ -159,12 +159,14 @@ def test_a_grey_image_fails_by_name_and_the_others_go_on(tmp_path):
     Image.fromarray(rgb).save(refs / "colour.png")
     Image.fromarray(rgb[:95, :127]).save(refs / "odd.png")
     Image.fromarray(rgb[..., 1]).save(refs / "grey.png")
+    tifffile.imwrite(refs / "deep.tif", rgb.astype(np.uint16) * 257, photometric="rgb")  # 16-bit: / 65535
     ev = tmp_path / "ev"
     out = _cli(["--input", str(refs), "-o", str(ev), "--methods", "bilinear", "--pattern", "GBRG"])
     assert out.exit_code == 1, out.output
     assert "grey" in out.output and "a reference must be an RGB image" in out.output
     metrics = json.loads((ev / "metrics.json").read_text())
-    assert sorted(metrics["per_item"]) == ["colour", "odd"]
+    assert sorted(metrics["per_item"]) == ["colour", "deep", "odd"]
+    assert metrics["per_item"]["deep"]["cpsnr_bilinear"] == metrics["per_item"]["colour"]["cpsnr_bilinear"]
     run = json.loads((ev / "run.json").read_text())
     assert run["items"]["grey"]["status"] == "failed" and "grey.png: has 1 channel" in run["items"]["grey"]["error"]
     assert any("cropped to 94 x 126" in w for w in run["items"]["odd"]["warnings"])
