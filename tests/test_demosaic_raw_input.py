@@ -174,3 +174,25 @@ def test_a_16_bit_tiff_carries_the_linear_profile(tmp_path):
     with tifffile.TiffFile(path) as tif:
         assert bytes(tif.pages[0].tags[34675].value) == icc and tif.pages[0].dtype == np.uint16
     assert srgb_profile is icc_module.srgb_profile and srgb_profile() != icc  # moved; image_io still exports it
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+
+def test_the_pipeline_cuts_to_the_files_crop_after_demosaicking(tmp_path):
+    """Needs the ``--crop`` wiring in pipelines/demosaic.py (skipped until then)."""
+    from imagingflows.flows import run_pipeline
+    from imagingflows.pipelines.demosaic_options import DemosaicRun
+    from imagingflows.tasks.icc import linear_srgb_profile
+
+    if "crop" not in DemosaicRun.model_fields:
+        pytest.skip("run-flow demosaic has no --crop option yet")
+    raw = sensor_mosaic(clean_image()[:H, :W], "RGGB", 256, 4095)
+    (tmp_path / "in").mkdir()
+    _dng(tmp_path / "in" / "plain.dng", raw)
+    _dng(tmp_path / "in" / "crop.dng", raw, extra=[(50719, "H", 2, (3, 5), True), (50720, "H", 2, (80, 48), True)])
+    result = run_pipeline("demosaic", tmp_path / "in", tmp_path / "out", method="bilinear", linear=True)
+    assert result["counts"]["done"] == 2, result["errors"]
+    full, cropped = (tifffile.TiffFile(tmp_path / "out" / f"{k}.tif") for k in ("plain", "crop"))
+    with full, cropped:
+        assert np.array_equal(cropped.asarray(), full.asarray()[5:53, 3:83])  # the same pixels, margin as context
+        assert bytes(cropped.pages[0].tags[34675].value) == linear_srgb_profile()
