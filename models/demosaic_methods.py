@@ -1,13 +1,17 @@
-"""Registry of demosaicking methods: classical ones without weights (bilinear, Malvar 2004, Menon 2007)
-and DemosaicNet, whose weights come from the installed ``demosaicnet`` package (loaded on first use).
+"""Registry of demosaicking methods: classical ones without weights (bilinear, Malvar 2004, Menon 2007),
+DemosaicNet, whose weights come from the installed ``demosaicnet`` package (loaded on first use), and
+our JDD network (joint demosaick-denoise, ``models/jdd.py``), whose weights are a checkpoint (default:
+the bundled demo weights ``weights/jdd_demo.pt``).
 
 Why not :class:`~imagingflows.models.registry.ModelSpec`: a spec describes a network with a
 state dict (``build``, ``detect_keys``, ``hparams_from_state_dict``); a parameter-free method
 has none of these, and a spec with no ``detect_keys`` would match *every* checkpoint in
-``Registry.detect``. Learned demosaickers (DemosaicNet, our JDD net) will be ModelSpecs in the
-model registry; the demosaic pipeline looks a name up here first.
+``Registry.detect``. Our JDD net is a ModelSpec (its checkpoints load through the backend) wrapped
+here as a method; DemosaicNet's released weights are the package's, loaded by ``models/demosaicnet.py``.
 
-Every method: ``fn(mosaic (B, 1, H, W) float, pattern, *, tile=...) -> (B, 3, H, W)``.
+Every method: ``method(mosaic (B, 1, H, W) float, pattern, *, tile=..., noise=None) -> (B, 3, H, W)``;
+``noise`` (the noise std on the [0, 1] mosaic, None: unknown) is used by the methods that denoise
+(``denoises``: JDD, which estimates it when None) and ignored by the others.
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ from typing import Callable
 
 import torch
 
-from imagingflows.models import demosaic_bilinear, demosaic_malvar, demosaic_menon, demosaicnet, demosaicnet_xtrans
+from imagingflows.models import demosaic_bilinear, demosaic_malvar, demosaic_menon, demosaicnet, demosaicnet_xtrans, jdd
 
 
 @dataclass(frozen=True)
 class DemosaicMethod:
-    """One classical method.
+    """One method.
 
     Attributes:
         name: ``--method`` name.
-        fn: ``fn(mosaic, pattern, *, tile) -> rgb``.
+        fn: ``fn(mosaic, pattern, *, tile) -> rgb``, or with ``noise=`` too when ``denoises``.
         halo: context pixels each tile reads beyond its core (even; >= the support radius).
         description: one line for listings.
         reference: the paper.
+        denoises: the method takes the noise level and removes the noise (JDD).
+        weights: the checkpoint it runs, with its SHA-256 (None: no checkpoint).
     """
 
     name: str
@@ -38,8 +44,12 @@ class DemosaicMethod:
     halo: int
     description: str
     reference: str
+    denoises: bool = False
+    weights: tuple[str, str] | None = None
 
-    def __call__(self, mosaic: torch.Tensor, pattern: str, *, tile: int | None = 1024) -> torch.Tensor:
+    def __call__(self, mosaic: torch.Tensor, pattern: str, *, tile: int | None = 1024, noise=None) -> torch.Tensor:
+        if self.denoises:
+            return self.fn(mosaic, pattern, tile=tile, noise=noise)
         return self.fn(mosaic, pattern, tile=tile)
 
 
@@ -70,15 +80,41 @@ XTRANS = DemosaicMethod("demosaicnet-xtrans", demosaicnet_xtrans.demosaic_demosa
                         "Gharbi, Chaurasia, Paris & Durand 2016, ACM TOG 35(6)")
 
 
-def get_method(name: str) -> DemosaicMethod:
-    """The method called ``name``; ValueError with a "did you mean" hint otherwise."""
+#: methods that run a checkpoint (``get_method(name, weights=...)``)
+LEARNED = {"jdd": jdd.NAME}
+JDD_DEMO = "jdd_demo"  # models/weights/jdd_demo.pt, trained by `run-flow train demosaic`
+
+
+def jdd_method(weights=None, device: str = "cpu") -> DemosaicMethod:
+    """Our JDD network from ``weights`` (default: the bundled demo weights) on ``device``, loaded once per
+    process (:func:`imagingflows.models.backend.cached_model`); ValueError when the file is not a JDD
+    checkpoint."""
+    from functools import partial
+
+    from imagingflows.models.backend import cached_model, demo_weights
+
+    path = str(weights) if weights is not None else str(demo_weights(JDD_DEMO))
+    lm = cached_model(path, device=device)
+    if lm.spec.name != jdd.NAME:
+        raise ValueError(f"{path}: a {lm.spec.name} checkpoint, not a {jdd.NAME} one")
+    return DemosaicMethod("jdd", partial(jdd.demosaic_jdd, net=lm.module.eval()), lm.module.halo,
+                          "JDD: our joint demosaick-denoise network (noise-level input, any Bayer pattern)",
+                          "imagingflows (models/jdd.py; trained by run-flow train demosaic)", denoises=True,
+                          weights=(path, lm.weights_sha256))
+
+
+def get_method(name: str, *, weights=None, device: str = "cpu") -> DemosaicMethod:
+    """The method called ``name``; ValueError with a "did you mean" hint otherwise. ``weights`` and
+    ``device`` apply to the methods that run a checkpoint (``jdd``)."""
     key = str(name).strip().lower()
+    if key == "jdd":
+        return jdd_method(weights, device)
     if key in METHODS:
         return METHODS[key]
-    close = difflib.get_close_matches(key, list(METHODS), n=1)
+    close = difflib.get_close_matches(key, list_methods(), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown demosaic method {name!r}.{hint} Available: {', '.join(METHODS)}")
+    raise ValueError(f"unknown demosaic method {name!r}.{hint} Available: {', '.join(list_methods())}")
 
 
 def list_methods() -> list[str]:
-    return list(METHODS)
+    return [*METHODS, *LEARNED]

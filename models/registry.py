@@ -131,9 +131,9 @@ class Registry:
 
 
 def _default_specs() -> list[ModelSpec]:
-    from imagingflows.models import hat, heads, nafnet, scale_mae, swin_unetr
+    from imagingflows.models import hat, heads, jdd, nafnet, scale_mae, swin_unetr
 
-    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC, scale_mae.SPEC, heads.LINEAR_SPEC, heads.KNN_SPEC]
+    return [swin_unetr.SPEC, nafnet.SPEC, hat.SPEC, scale_mae.SPEC, heads.LINEAR_SPEC, heads.KNN_SPEC, jdd.SPEC]
 
 
 REGISTRY = Registry(_default_specs())
