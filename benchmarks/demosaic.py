@@ -5,9 +5,12 @@ same float32 RGGB mosaic (scikit-image's astronaut, mirrored to the size): ours
 (``models/demosaic_methods.py``, tiles of ``--tile``) and colour-demosaicing 0.2.7's function. Printed:
 seconds (best of ``--repeat``), the speed-up, each side's peak RSS (VmHWM: imports included), and the
 max abs difference away from the reference's border band (8 px), where colour-demosaicing's padding
-differs from ours by design. Not a test: run it by hand, results go to benchmarks/RESULTS.md.
+differs from ours by design. For context, on the same mosaics (``--context``): the learned methods
+(DemosaicNet's released weights, our JDD demo weights) and LibRaw's AHD through rawpy (the mosaic written
+as a 16-bit DNG and developed in its own scale: DNG writing and decoding included), seconds and s/MP.
+Not a test: run it by hand, results go to benchmarks/RESULTS.md.
 
-    python benchmarks/demosaic.py --megapixels 4,12 --threads 1
+    python benchmarks/demosaic.py --megapixels 4,12 --threads 2
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from host import host_line  # noqa: E402 (benchmarks/ is on sys.path when run as
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("bilinear", "malvar", "menon")
+CONTEXT = ("demosaicnet", "jdd", "rawpy-ahd")
 BORDER = 8
 REFERENCE = {"bilinear": "demosaicing_CFA_Bayer_bilinear", "malvar": "demosaicing_CFA_Bayer_Malvar2004",
              "menon": "demosaicing_CFA_Bayer_Menon2007"}
@@ -59,7 +63,15 @@ def test_mosaic(megapixels: float) -> np.ndarray:
 def child(args) -> None:
     mosaic = np.load(args.mosaic)
     best = float("inf")
-    if args.child == "ours":
+    if args.child == "ours" and args.method.startswith("rawpy-"):
+        from imagingflows.tasks.libraw_develop import libraw_demosaic
+
+        raw = np.round(mosaic * 65535).astype(np.uint16)
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            rgb = libraw_demosaic(raw, "RGGB", args.method)
+            best = min(best, time.perf_counter() - t0)
+    elif args.child == "ours":
         import torch
 
         from imagingflows.models.demosaic_methods import get_method
@@ -70,7 +82,7 @@ def child(args) -> None:
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             with torch.inference_mode():
-                rgb = method(x, "RGGB", tile=args.tile)[0].permute(1, 2, 0).numpy()
+                rgb = method(x, "RGGB", tile=args.tile, noise=0.0)[0].permute(1, 2, 0).numpy()
             best = min(best, time.perf_counter() - t0)
     else:
         import colour_demosaicing
@@ -99,7 +111,7 @@ def bench(args) -> None:
     print(host_line(), flush=True)
     print(f"threads per side: {args.threads}; ours tiles of {args.tile}; best of {args.repeat}; float32 RGGB",
           flush=True)
-    rows = []
+    rows, context = [], []
     with tempfile.TemporaryDirectory(prefix="bench-demosaic-") as tmp:
         work = Path(tmp)
         for mp in args.megapixels:
@@ -114,6 +126,10 @@ def bench(args) -> None:
                 rows.append((method, mosaic.size / 1e6, ours, ref, diff))
                 print(f"  {method} {mosaic.size / 1e6:.1f} MP: ours {ours['seconds']:.2f} s, colour-demosaicing "
                       f"{ref['seconds']:.2f} s, max |diff| {diff:.1e}", flush=True)
+            for method in args.context:
+                result, _ = run_child("ours", method, path, work, args)
+                context.append((method, mosaic.size / 1e6, result))
+                print(f"  {method} {mosaic.size / 1e6:.1f} MP: {result['seconds']:.2f} s", flush=True)
     print("\n| method | MP | ours s | colour-demosaicing s | speed-up | ours peak RSS MB | reference peak RSS MB "
           "| max abs diff (8 px border cropped) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -121,17 +137,25 @@ def bench(args) -> None:
         print(f"| {method} | {mp:.1f} | {ours['seconds']:.2f} | {ref['seconds']:.2f} | "
               f"{ref['seconds'] / ours['seconds']:.1f}x | {ours['peak_rss'] / 2**20:.0f} | "
               f"{ref['peak_rss'] / 2**20:.0f} | {diff:.1e} |")
+    if context:
+        print("\n| context method | MP | s | s per MP | peak RSS MB |")
+        print("|---|---|---|---|---|")
+        for method, mp, result in context:
+            print(f"| {method} | {mp:.1f} | {result['seconds']:.2f} | {result['seconds'] / mp:.2f} | "
+                  f"{result['peak_rss'] / 2**20:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megapixels", type=lambda s: [float(v) for v in s.split(",")], default=[4.0, 12.0])
     ap.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    ap.add_argument("--context", type=lambda s: [m for m in s.split(",") if m], default=list(CONTEXT),
+                    help="methods timed on the same mosaics without a reference (empty: none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--child", choices=("ours", "reference"))
-    ap.add_argument("--method", choices=METHODS)
+    ap.add_argument("--method", choices=METHODS + CONTEXT)
     ap.add_argument("--mosaic")
     ap.add_argument("--save")
     ap.add_argument("--result")

@@ -1,4 +1,4 @@
-"""The demosaic pipeline: single-channel CFA mosaics -> RGB images (classical methods, torch).
+"""The demosaic pipeline: single-channel CFA mosaics -> RGB images (classical and learned methods, torch).
 
 In:  camera RAW / DNG files (``tasks/raw_io.py``, rawpy): the pattern from the file's ``raw_pattern`` +
      ``color_desc``, each site's black level, the camera white level, white balance (``--wb``) and
@@ -9,19 +9,22 @@ In:  camera RAW / DNG files (``tasks/raw_io.py``, rawpy): the pattern from the f
      sBIT or TIFF MaxSampleValue, else the container's maximum); values are clipped to [0, 1].
 Out: ``<name>.tif`` (16-bit RGB) or ``<name>.png`` (``--format png``, 8-bit), written atomically. A RAW
      file is developed to sRGB: white balance (gains with G = 1), the camera matrix, then the sRGB
-     tone curve with the sRGB ICC profile embedded, or linear sRGB with ``--linear`` (no profile: no
-     linear one is made). A mosaic file stays in its own colour space and scale (no white balance,
+     tone curve with the sRGB ICC profile embedded, or linear sRGB with ``--linear`` (with a linear-sRGB
+     ICC profile, ``tasks/icc.py``), cut to the default crop the file states after demosaicking the whole
+     visible area (``--no-crop``: no cut; the preview always shows the whole area).
+     A mosaic file stays in its own colour space and scale (no white balance,
      matrix or tone curve: the file carries none), no ICC profile;
      ``previews/<name>.png``: the mosaic in its CFA colours, the result, and a zoom on the region
      with the most detail (display only: scaled to the 99.5th percentile, gamma 1/2.2).
-Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007), by tiles with a halo
-     (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
+Methods: ``models/demosaic_methods.py`` (bilinear, Malvar 2004, Menon 2007, DemosaicNet, our JDD network), by
+     tiles with a halo (memory: a tile), borders mirrored by whole CFA samples so each colour keeps its parity.
+     JDD also denoises: it is told the noise std (``--noise``, else estimated per image and recorded).
 X-Trans: a RAW file with a 6 x 6 Fujifilm CFA goes to DemosaicNet's X-Trans model (``--method demosaicnet``;
      the classical methods refuse it by name).
 Reference mode (``--simulate``; ``run-flow evaluate demosaic --input rgb_gt/ --methods ...`` sets it): clean RGB
      images are mosaicked (``--pattern``, default RGGB), optionally made noisy (``--noise``), demosaicked by every
      ``--methods`` (LibRaw's ``rawpy-*`` too) and scored (CPSNR table): ``pipelines/demosaic_evaluate.py``.
-Not yet (issue 12): our JDD network, train, ``--crop`` of the sensor margins.
+Training: ``run-flow train demosaic`` trains JDD (``pipelines/demosaic_train.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from imagingflows.pipelines import demosaic_evaluate as reference
 from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.demosaic_options import DemosaicRun
+from imagingflows.pipelines.demosaic_train_options import DemosaicTrain
 from imagingflows.tasks.ingest import InputError, Item
 from imagingflows.tasks.raw_io import RAW_SUFFIXES
 
@@ -91,7 +95,11 @@ def prepare(config: dict) -> dict:
     if cfg["simulate"]:
         cfg["device"] = str(select_device(cfg["device"]))
         return reference.prepare_references(cfg)
-    method = get_method(cfg["method"])
+    device = select_device(cfg["device"])
+    try:
+        method = get_method(cfg["method"], weights=cfg.get("weights"), device=str(device))
+    except FileNotFoundError as e:  # no demo weights and no --weights
+        raise ValueError(str(e)) from e
     if method.name == "demosaicnet":  # its weights are the installed package's: missing is a set-up error
         from imagingflows.models.demosaicnet import DemosaicNetError, package_weights
 
@@ -99,9 +107,9 @@ def prepare(config: dict) -> dict:
             package_weights()
         except DemosaicNetError as e:
             raise ValueError(str(e)) from e
-    device = select_device(cfg["device"])
-    cfg.update(model={"method": method.name, "description": method.description, "reference": method.reference},
-               weights_sha256=None, device=str(device))
+    weights, digest = method.weights or (None, None)
+    cfg.update(model={"method": method.name, "description": method.description, "reference": method.reference,
+                      "weights": weights}, weights_sha256=digest, device=str(device))
     return cfg
 
 
@@ -175,9 +183,11 @@ def read_camera_raw(path: str, cfg: dict) -> tuple[np.ndarray, str, dict, list[s
             warnings.append("the file has no as-shot white balance: LibRaw's daylight values were used")
         else:
             warnings.append(f"the file has no {cfg['wb']} white balance: none applied")
+    warnings.extend(data.notes)
     facts = {"black": data.black.tolist(), "white": data.white, "white_from": data.white_from,
              "wb": [round(g, 6) for g in gains], "wb_from": wb_from, "cam_to_srgb": data.cam_to_srgb.tolist(),
-             "clipped": int((data.mosaic >= data.white).sum())}
+             "clipped": int((data.mosaic >= data.white).sum()),
+             "crop": list(data.crop) if cfg["crop"] and data.crop else None}
     return x, data.pattern, facts, warnings
 
 
@@ -231,19 +241,24 @@ def save_preview(path: Path, mosaic: np.ndarray, rgb: np.ndarray, pattern: str, 
 
 # ----------------------------------------------------------------------------- process
 
-def _method_for(name: str, pattern: str):
-    """The method for a pattern: DemosaicNet's X-Trans model for a 6 x 6 X-Trans cell, else ``name``."""
-    from imagingflows.models.demosaic_methods import XTRANS, get_method
+def _method_for(cfg: dict, pattern: str):
+    """The method for a pattern: DemosaicNet's X-Trans model for a 6 x 6 X-Trans cell, else the run's."""
+    from imagingflows.models.demosaic_methods import LEARNED, XTRANS, get_method
     from imagingflows.tasks.raw_io import is_xtrans
 
-    return XTRANS if is_xtrans(pattern) else get_method(name)
+    if is_xtrans(pattern):
+        return XTRANS
+    name = cfg["method"]
+    return get_method(name, weights=cfg.get("weights") if name in LEARNED else None, device=cfg["device"])
 
 
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
     """Demosaic one mosaic; returns the manifest entry (outputs, summary, warnings)."""
     import torch
 
-    from imagingflows.tasks.image_io import srgb_profile, write_image
+    from imagingflows.tasks.icc import linear_srgb_profile, srgb_profile
+    from imagingflows.tasks.image_io import write_image
+    from imagingflows.tasks.raw_io import Crop, apply_crop
 
     if cfg.get("simulate"):
         return reference.process_reference(item, out_dir, cfg)
@@ -254,22 +269,29 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
         mosaic, pattern, levels, warnings = read_camera_raw(path, cfg)
     else:
         (mosaic, levels, warnings), pattern = read_mosaic(path, cfg), cfg["pattern"]
-    method = _method_for(cfg["method"], pattern)
+    method = _method_for(cfg, pattern)
     start = time.perf_counter()
     with torch.inference_mode():
         x = torch.from_numpy(mosaic)[None, None].to(cfg["device"])
-        rgb = method(x, pattern, tile=cfg["tile"])[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        noise, noise_from = cfg.get("noise"), "--noise"
+        if method.denoises and noise is None:
+            from imagingflows.models.jdd import estimate_noise
+
+            noise, noise_from = round(float(estimate_noise(x)[0]), 5), "estimated"
+        rgb = method(x, pattern, tile=cfg["tile"], noise=noise)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     seconds = time.perf_counter() - start
     camera_rgb = rgb
     icc = None
     if is_raw:
         rgb = develop(rgb, levels, cfg["linear"])
-        icc = None if cfg["linear"] else srgb_profile()
+        icc = linear_srgb_profile() if cfg["linear"] else srgb_profile()
     out = Path(out_dir)
+    crop = Crop(*levels["crop"]) if is_raw and levels["crop"] else None  # the preview keeps the whole area
+    written = apply_crop(rgb, crop)
     if cfg["format"] == "png":
-        image, array = out / f"{item.id}.png", np.round(rgb * 255).astype(np.uint8)
+        image, array = out / f"{item.id}.png", np.round(written * 255).astype(np.uint8)
     else:
-        image, array = out / f"{item.id}.tif", np.round(rgb * 65535).astype(np.uint16)
+        image, array = out / f"{item.id}.tif", np.round(written * 65535).astype(np.uint16)
     image.parent.mkdir(parents=True, exist_ok=True)
     write_image(image, array, icc_profile=icc)
     shown = rgb if is_raw and not cfg["linear"] else camera_rgb
@@ -280,6 +302,8 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
         "outputs": {"image": image.relative_to(out).as_posix(), "previews": [preview.relative_to(out).as_posix()]},
         "summary": {"height": h, "width": w, "method": method.name, "pattern": pattern,
                     "black": levels["black"], "white": levels["white"], "clipped": levels["clipped"],
+                    "crop": levels.get("crop"), "output_size": list(array.shape[:2]),
+                    **({"noise": noise, "noise_from": noise_from} if method.denoises else {}),
                     "output": ("linear sRGB" if cfg["linear"] else "sRGB") if is_raw else "as the mosaic"},
         "inference": {"white_from": levels["white_from"], "bit_depth_in": levels.get("bit_depth", 16),
                       **({"wb": levels["wb"], "wb_from": levels["wb_from"]} if is_raw else {}),
@@ -294,7 +318,8 @@ def process(item: Item, out_dir: Path, cfg: dict) -> dict:
 def pipeline() -> Pipeline:
     return Pipeline(
         name="demosaic",
-        description="Demosaicking: camera RAW/DNG and CFA mosaics to RGB (bilinear, Malvar 2004, Menon 2007)",
+        description="Demosaicking: camera RAW/DNG and CFA mosaics to RGB (bilinear, Malvar 2004, Menon 2007, "
+                    "DemosaicNet, our joint demosaick-denoise JDD)",
         discover=discover,
         prepare=prepare,
         process=process,
@@ -310,4 +335,12 @@ def pipeline() -> Pipeline:
         find_reference=reference.find_reference,
         references_in_input=True,
         metric_conventions=reference.metric_conventions,
+        train=_train,
+        train_options=DemosaicTrain,
     )
+
+
+def _train(data_dir: Path | None, run_dir: Path, config: dict) -> dict:
+    from imagingflows.pipelines.demosaic_train import train
+
+    return train(data_dir, run_dir, config)

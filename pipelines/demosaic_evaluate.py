@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
-import inspect
 import io
 import json
 import time
@@ -75,15 +74,10 @@ def check_methods(text: str) -> list[str]:
 
 
 def _get(name: str, cfg: dict):
-    """``get_method(name)``, with ``device=`` (and ``weights=`` when the run has ``weights``, for the methods
-    that run a checkpoint) where the registry takes them."""
-    from imagingflows.models import demosaic_methods as registry
+    """``get_method(name)`` on the run's device, with ``--weights`` for the methods that run a checkpoint."""
+    from imagingflows.models.demosaic_methods import LEARNED, get_method
 
-    takes = inspect.signature(registry.get_method).parameters
-    kwargs = {"device": cfg["device"]} if "device" in takes else {}
-    if "weights" in takes and cfg.get("weights") and name in getattr(registry, "LEARNED", {}):
-        kwargs["weights"] = cfg["weights"]
-    return registry.get_method(name, **kwargs)
+    return get_method(name, weights=cfg.get("weights") if name in LEARNED else None, device=cfg["device"])
 
 
 def _usable(name: str, cfg: dict) -> str | None:
@@ -124,6 +118,7 @@ def prepare_references(cfg: dict) -> dict:
     weights = {n: w[1] for n in names if not is_libraw(n) and (w := getattr(_get(n, cfg), "weights", None))}
     digest = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest() if weights else None
     cfg.update(methods=",".join(names), pattern=cfg["pattern"] or DEFAULT_PATTERN, notes=notes,
+               noise=cfg["noise"] or 0.0,
                model={"method": "compare", "methods": names, "weights_sha256": weights}, weights_sha256=digest)
     return cfg
 
@@ -210,7 +205,7 @@ def run_method(name: str, mosaic: np.ndarray, pattern: str, cfg: dict) -> tuple[
         seconds = time.perf_counter() - start
     else:
         method = _get(name, cfg)
-        kwargs = {"noise": float(cfg["noise"])} if "noise" in inspect.signature(method).parameters else {}
+        kwargs = {"noise": float(cfg["noise"])}  # the simulated level: the denoising methods are told it
         with torch.inference_mode():
             if (name, cfg["device"]) not in _WARM:  # weights loaded, kernels built: not part of the time
                 crop = mosaic[:128, :128].astype(np.float32) / 65535  # even sides: the pattern holds

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator, model_validator
@@ -10,13 +11,16 @@ from pydantic import field_validator, model_validator
 from imagingflows.pipelines.options import Options, option
 
 Pattern = Literal["RGGB", "BGGR", "GRBG", "GBRG"]
-Method = Literal["bilinear", "malvar", "menon", "demosaicnet"]
+Method = Literal["bilinear", "malvar", "menon", "demosaicnet", "jdd"]
 
 
 class DemosaicRun(Options):
     method: Method = option("menon", "bilinear, malvar (Malvar-He-Cutler 2004), menon (Menon 2007, with its "
-                                     "refining step) or demosaicnet (Gharbi et al. 2016, the demosaicnet package's "
-                                     "Bayer weights).", output=True)
+                                     "refining step), demosaicnet (Gharbi et al. 2016, the demosaicnet package's "
+                                     "Bayer weights) or jdd (our joint demosaick-denoise network: also removes "
+                                     "noise; bundled demo weights unless --weights).", output=True)
+    weights: Path | None = option(None, "jdd: a checkpoint written by `run-flow train demosaic` (default: the "
+                                        "bundled demo weights, models/weights/jdd_demo.pt).", output=False)
     pattern: Pattern | None = option(
         None, "CFA pattern of a mosaic file, named by its physical top-left 2 x 2 block (RGGB = OpenCV's "
               "BayerBG). A mosaic does not say it; required for mosaic inputs.", output=True)
@@ -31,8 +35,13 @@ class DemosaicRun(Options):
     wb: Literal["camera", "daylight", "none"] = option(
         "camera", "RAW files: white balance from the camera's as-shot values, LibRaw's daylight values, or none.",
         output=True)
-    linear: bool = option(False, "RAW files: write linear sRGB (no tone curve, no ICC profile) instead of "
-                                 "sRGB-encoded values with the sRGB profile embedded.", output=True)
+    linear: bool = option(False, "RAW files: write linear sRGB (no tone curve; a linear-sRGB ICC profile, gamma "
+                                 "1.0, embedded) instead of sRGB-encoded values with the sRGB profile embedded.",
+                          output=True)
+    crop: bool = option(True, "RAW files: cut the result to the default crop the file states (DNG DefaultCropOrigin/"
+                              "DefaultCropSize, or the maker's crop LibRaw reports), as raw converters do; the whole "
+                              "visible sensor area is still demosaicked, so the margin gives context. --no-crop "
+                              "keeps the margins.", output=True)
     format: Literal["tiff", "png"] = option("tiff", "tiff: 16-bit RGB TIFF; png: 8-bit RGB PNG.", output=True)
     tile: int = option(1024, "Tile side: memory is bounded by a tile plus its halo.", unit="pixels", ge=16,
                        output=True)
@@ -44,9 +53,10 @@ class DemosaicRun(Options):
                                        "demosaicnet, learned ones registered later, and LibRaw's rawpy-ahd, rawpy-dht, "
                                        "rawpy-vng, rawpy-aahd, rawpy-ppg, rawpy-dcb, rawpy-linear). Default: every "
                                        "method available here (LibRaw: ahd, dht, vng, aahd).", output=True)
-    noise: float = option(0.0, "Reference mode: std of Gaussian noise added to the [0, 1] mosaic (seeded from the "
-                               "image's id: every method gets the same noisy mosaic); 10/255 = 0.0392.",
-                          unit="fraction of full scale", ge=0, output=True)
+    noise: float | None = option(
+        None, "jdd: the noise std of the inputs on the [0, 1] mosaic (default: estimated per image). Reference "
+              "mode: the std of Gaussian noise added to each mosaic (seeded from the image's id: every method gets "
+              "the same noisy mosaic; default 0); 10/255 = 0.0392.", unit="fraction of full scale", ge=0, output=True)
     border: int = option(4, "Reference mode: pixels cropped from each side before scoring.", unit="pixels", ge=0,
                          output=False)
 
@@ -63,7 +73,12 @@ class DemosaicRun(Options):
     def _levels(self):
         if self.black is not None and self.white is not None and self.white <= self.black:
             raise ValueError(f"--white ({self.white:g}) must be above --black ({self.black:g})")
-        if not self.simulate and (self.methods is not None or self.noise):
-            raise ValueError("--methods and --noise belong to reference mode (--simulate: clean RGB inputs are "
+        if not self.simulate and self.methods is not None:
+            raise ValueError("--methods belongs to reference mode (--simulate: clean RGB inputs are "
                              "mosaicked); `run-flow evaluate demosaic --input` sets it")
+        if not self.simulate and self.noise is not None and self.method != "jdd":
+            raise ValueError(f"--noise tells a denoising method (jdd) the noise level; {self.method} does not "
+                             "denoise (in reference mode, --simulate, it is the noise added)")
+        if not self.simulate and self.weights is not None and self.method != "jdd":
+            raise ValueError(f"--weights is for --method jdd (or reference mode); {self.method} has none")
         return self
