@@ -2,7 +2,8 @@
 #   make demo   install into .venv, then segment the bundled sample cases into demo_out/,
 #               denoise / upscale x2 / deblur degraded copies of the sample images (demo_out/restore/),
 #               embed and classify the bundled Landsat scenes, and score the class map (demo_out/remote_sensing/),
-#               demosaic the bundled 10-bit sensor mosaic and develop generated DNGs (demo_out/demosaic/)
+#               demosaic the bundled 10-bit sensor mosaic, develop generated DNGs (DemosaicNet, our JDD), and
+#               compare the methods on held-out photographs at noise 10/255 (demo_out/demosaic/)
 #   make test   install into .venv, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -46,8 +47,13 @@ demo: install
 	$(PY) -m sample_data.dng --out demo_out/demosaic/dng > /dev/null
 	$(TEST_ENV) $(VENV)/bin/run-flow demosaic --input demo_out/demosaic/dng --output demo_out/demosaic/developed \
 	    --method demosaicnet
+	$(TEST_ENV) $(VENV)/bin/run-flow demosaic --input demo_out/demosaic/dng --output demo_out/demosaic/developed_jdd \
+	    --method jdd
+	$(PY) -m sample_data.demosaic_demo --out demo_out/demosaic/data > /dev/null
+	$(TEST_ENV) $(VENV)/bin/run-flow evaluate demosaic --input demo_out/demosaic/data/heldout \
+	    --output demo_out/demosaic/evaluate --methods menon,demosaicnet,jdd,rawpy-ahd --noise 0.0392
 	@echo "open demo_out/report.html, demo_out/restore/{denoised,sr,deblurred}/report.html,"
-	@echo "     demo_out/remote_sensing/{embed,classify,evaluate}/report.html, demo_out/demosaic/{mosaic,developed}/report.html"
+	@echo "     demo_out/remote_sensing/{embed,classify,evaluate}/report.html, demo_out/demosaic/{mosaic,developed,developed_jdd,evaluate}/report.html"
 
 test: install
 	PREFECT_HOME=$$(mktemp -d) $(TEST_ENV) $(PY) -m pytest -q

@@ -182,10 +182,11 @@ def demosaic_jdd(mosaic: torch.Tensor, pattern: str, *, net: JDDNet, tile: int |
                  noise=None) -> torch.Tensor:
     """Demosaick and denoise ``(B, 1, H, W)`` (any Bayer pattern, H and W even) -> ``(B, 3, H, W)``.
 
-    Each tile's core (``tile - 2 halo`` pixels, even, ``halo = net.halo``: 64 at the default depth; the
-    whole image when ``tile`` is None) is read with ``halo + dy`` rows of context above and the rest below, so the window starts on an RGGB block,
-    its sides rounded up to multiples of 4; mirrored beyond the image (CFA parity kept). ``noise``:
-    see :func:`noise_map` (estimated once per image, not per tile). Runs in the network's dtype on the
+    Each tile's core (``tile - 2 halo`` pixels rounded down to a multiple of 4, ``halo = net.halo``: 60
+    at the default depth; the whole image when ``tile`` is None) is read with ``halo + dy`` rows of
+    context above and the rest below, so the window starts on an RGGB block, its sides rounded up to
+    multiples of 4; mirrored beyond the image (CFA parity kept). ``noise``: see :func:`noise_map`
+    (estimated once per image, not per tile). Runs in the network's dtype on the
     mosaic's device, without gradients; returns the mosaic's dtype.
     """
     pattern = check_mosaic(mosaic, pattern, NAME)
@@ -196,9 +197,10 @@ def demosaic_jdd(mosaic: torch.Tensor, pattern: str, *, net: JDDNet, tile: int |
     else:
         if isinstance(tile, bool) or not isinstance(tile, int):
             raise TypeError(f"{NAME}: tile must be an int or None, got {tile!r}")
-        step = (tile - 2 * halo) // 2 * 2
-        if step < 2:
-            raise ValueError(f"{NAME}: tile={tile} is too small: it must exceed {2 * halo} by at least 2")
+        # cores on a grid of 4: the network (packing, then one stride-2 level) is shift-equivariant only by 4
+        step = (tile - 2 * halo) // MULTIPLE * MULTIPLE
+        if step < MULTIPLE:
+            raise ValueError(f"{NAME}: tile={tile} is too small: it must exceed {2 * halo} by at least {MULTIPLE}")
         step_h = step_w = step
     levels = noise_map(mosaic, estimate_noise(mosaic) if noise is None else noise)
     dy, dx = native_shift(pattern)

@@ -49,12 +49,12 @@ def test_each_pattern_is_a_one_pixel_shift_of_rggb():
         assert torch.allclose(got[inner], want[inner], atol=1e-5), pattern
 
 
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])  # no shift and both shifts (the shift test covers the rest)
 def test_tiles_agree_with_one_pass(pattern):
     net = _random_net(1)
     m = make_mosaic(_rgb(160, 200), pattern)
     whole = demosaic_jdd(m, pattern, net=net, tile=None, noise=0.02)
-    tiled = demosaic_jdd(m, pattern, net=net, tile=2 * net.halo + 36, noise=0.02)  # cores of 36: many tiles
+    tiled = demosaic_jdd(m, pattern, net=net, tile=2 * net.halo + 70, noise=0.02)  # cores of 70: 3 x 3 tiles
     assert (whole - tiled).abs().max() <= 1e-5
 
 
