@@ -141,12 +141,11 @@ def training_pairs(pool: list[torch.Tensor], batch: int, patch: int, cfg: dict, 
 # ----------------------------------------------------------------------------- validation
 
 def cpsnr(pred: torch.Tensor, ref: torch.Tensor, border: int = BORDER) -> float:
-    """CPSNR (dB) of ``(3, H, W)`` on [0, 1]: one MSE over R, G and B, ``border`` px per side left out."""
-    p, r = pred.clamp(0, 1), ref
-    if border:
-        p, r = p[:, border:-border, border:-border], r[:, border:-border, border:-border]
-    mse = float(((p.double() - r.double()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    """CPSNR (dB) of ``(3, H, W)`` tensors, clipped to [0, 1]: the evaluation's own
+    (:func:`imagingflows.pipelines.demosaic_evaluate.cpsnr`: one MSE over R, G and B, ``border`` px cut)."""
+    from imagingflows.pipelines.demosaic_evaluate import cpsnr as score
+
+    return score(pred.clamp(0, 1).permute(1, 2, 0).double().numpy(), ref.permute(1, 2, 0).double().numpy(), border)
 
 
 def validation_set(images: list[torch.Tensor], noise: tuple[float, float], seed: int) -> list[dict]:
