@@ -410,8 +410,17 @@ def _ellipsoid(rng, center, axes, max_tilt_deg: float = 12.0, jitter: float = 0.
     return c, a, rot
 
 
-def make_phantom(seed: int) -> Phantom:
-    """A random brain with a tumour; every choice is fixed by `seed` (a non-negative int)."""
+def make_phantom(seed: int, *, brain_extent_mm: Sequence[float] | None = None) -> Phantom:
+    """A random brain with a tumour; every choice is fixed by `seed` (a non-negative int).
+
+    `brain_extent_mm` (L-R, A-P, S-I), optional: the brain ellipsoid's full axes in mm
+    instead of the random size (about 140 x 168 x 128 mm, kept inside the default
+    160 x 192 x 160 mm FOV), e.g. (140, 170, 140) for a real-size adult brain in a
+    240 x 240 x 155 mm BraTS grid. The surface perturbation adds a few percent either
+    way. Every random draw is the same either way, so the rest of the phantom (shape,
+    tissue, contrasts, noise) follows the seed as before; None (the default) leaves the
+    phantom exactly as it was.
+    """
     seed = int(seed)
     rng = np.random.default_rng([seed, 0xB7A75])
 
@@ -423,6 +432,11 @@ def make_phantom(seed: int) -> Phantom:
     center = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(-2, 2)])
     brain_shape = _rand_harmonics(rng, 6, 0.8, 3.0)
     brain_amp = rng.uniform(0.015, 0.04)
+    if brain_extent_mm is not None:
+        extent = np.asarray(brain_extent_mm, dtype=float).reshape(3)
+        if np.any(extent <= 0):
+            raise ValueError(f"brain_extent_mm must be three positive lengths (mm), got {tuple(extent)}")
+        axes = extent / 2.0
 
     csf_rim = rng.uniform(1.0, 2.5)
     sulci = _rand_waves(rng, 12, 18.0, 40.0)
@@ -642,6 +656,7 @@ def make_case(
     origin_jitter=None,
     fov_mm=(160.0, 192.0, 160.0),
     noise_seed: int | None = None,
+    brain_extent_mm=None,
 ) -> Path:
     """Write one case and return its folder.
 
@@ -650,7 +665,8 @@ def make_case(
     <case_id>-seg.nii.gz (2023) with labels 1,2,4 (2021: 1 NCR, 2 ED, 4 ET) or
     1,2,3 (2023: 1 NETC, 2 SNFH, 3 ET). The phantom is make_phantom(seed), the
     grid grid_for(spacing, axcodes, oblique_deg, fov_mm, origin_jitter), the
-    noise seeded by `noise_seed` (default `seed`). Images are `dtype` (int16
+    noise seeded by `noise_seed` (default `seed`); `brain_extent_mm` as in
+    make_phantom (default: the seed's random size). Images are `dtype` (int16
     by default), exactly 0 outside the brain; sform and qform = the grid's
     affine, code 1 (scanner).
     """
@@ -660,7 +676,7 @@ def make_case(
     if labels not in ("2021", "2023"):
         raise ValueError(f"labels must be '2021' or '2023', got {labels!r}")
     affine, shape = grid_for(spacing, axcodes, oblique_deg, fov_mm, origin_jitter)
-    phantom = make_phantom(seed)
+    phantom = make_phantom(seed, brain_extent_mm=brain_extent_mm)
     images, lab = phantom.sample(affine, shape, noise_seed=seed if noise_seed is None else noise_seed)
     brain = images["flair"] > 0  # Rician magnitude: > 0 everywhere inside the brain, exactly 0 outside
     case_dir = Path(out_dir) / case_id
