@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imagingflows.models.registry import ModelSpec
+from imagingflows.models.registry import Agreement, ModelSpec
 
 NUM_FEAT = 64  # reconstruction width, fixed in the upstream code
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, subtracted when in_chans == 3 (else 0)
@@ -527,4 +527,5 @@ SPEC = ModelSpec(
     upscale=lambda c: c["upscale"],
     description="HAT, 2D super-resolution x2/x3/x4 (HAT, HAT-S, HAT-L); official checkpoints load as-is",
     derived_buffers=("relative_position_index_SA", "relative_position_index_OCA"),
+    agreement=Agreement("psnr_db", 50.0),  # issue 13: engines within 50 dB of eager float32
 )

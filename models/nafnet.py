@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imagingflows.models.global_pool import GlobalAvgPool2d
-from imagingflows.models.registry import ModelSpec
+from imagingflows.models.registry import Agreement, ModelSpec
 
 
 class LayerNorm2d(nn.Module):
@@ -272,6 +272,7 @@ SPEC = ModelSpec(
     in_channels=lambda c: c["img_channel"],
     tile_grid=lambda c: 2 ** len(c["enc_blk_nums"]),  # its padder_size
     whole_image_pooling=True,  # simplified channel attention pools over the whole image
+    agreement=Agreement("psnr_db", 50.0),  # issue 13: engines within 50 dB of eager float32
     description="NAFNet, 2D denoising/deblurring; official SIDD/GoPro/REDS checkpoints load as-is "
                 "(local_train_size=[256, 256] for the GoPro/REDS NAFNetLocal test setting)",
 )

@@ -8,8 +8,46 @@ scanning folders, and heavy imports stay inside each spec's ``build``.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How close an engine's (or precision's) output must be to the eager float32 output of the same input.
+
+    Kinds: ``psnr_db`` (PSNR in dB, peak 1, both outputs clipped to [0, 1] as the writers clip them; equal
+    outputs read 200, not infinity, so the value stays JSON), ``cosine`` (cosine similarity of the
+    flattened outputs), ``fraction_equal`` (share of equal labels after argmax over channels). The
+    value must be ``>= threshold``.
+    """
+
+    kind: Literal["psnr_db", "cosine", "fraction_equal"]
+    threshold: float
+
+    def measure(self, reference: Any, candidate: Any) -> float:
+        """The rule's value for two tensors of one shape (``(B, C, ...)``)."""
+        import torch
+
+        ref, got = reference.detach().float(), candidate.detach().float()
+        if ref.shape != got.shape:
+            raise ValueError(f"agreement: outputs of shapes {tuple(ref.shape)} and {tuple(got.shape)} differ")
+        if self.kind == "psnr_db":
+            mse = float((ref.clamp(0, 1) - got.clamp(0, 1)).double().pow(2).mean())
+            return 200.0 if mse <= 1e-20 else min(200.0, -10.0 * math.log10(mse))
+        if self.kind == "cosine":
+            return float(torch.nn.functional.cosine_similarity(ref.flatten()[None].double(),
+                                                               got.flatten()[None].double()))
+        if self.kind == "fraction_equal":
+            return float((ref.argmax(1) == got.argmax(1)).double().mean())
+        raise ValueError(f"unknown agreement kind {self.kind!r}")
+
+    def holds(self, value: float) -> bool:
+        return value >= self.threshold
+
+    def describe(self) -> str:
+        return f"{self.kind} >= {self.threshold:g}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +82,9 @@ class ModelSpec:
             :mod:`imagingflows.models.global_pool` to agree with a whole-image forward.
         half_precision_safe: bf16/fp16 autocast keeps the outputs usable (checked by its tests).
         value_range: the input range the network was trained on.
+        agreement: how close another inference engine's output must be to the eager float32 output
+            (:mod:`imagingflows.models.engines` measures it; ``auto`` only picks an engine that holds it).
+            None: no rule, so ``auto`` keeps eager.
     """
 
     name: str
@@ -65,6 +106,7 @@ class ModelSpec:
     whole_image_pooling: bool = False
     half_precision_safe: bool = True
     value_range: tuple[float, float] = (0.0, 1.0)
+    agreement: Agreement | None = None
 
     def channels_of(self, config: Mapping[str, Any]) -> int | None:
         return int(self.in_channels(config)) if self.in_channels else None

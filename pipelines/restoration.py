@@ -19,6 +19,9 @@ Conventions (each applied conversion is listed in the item's ``notes`` in run.js
   is restored on its own (one batch of three planes).
 - Precision ``auto`` is bf16 where the device computes it natively, else fp32 (resolved once, in
   run.json); a 16-bit image always runs in fp32 under ``auto`` (bf16 keeps about 8 significant bits).
+- Engine (``engine``, :mod:`imagingflows.models.engines`): eager, channels-last, compile or auto, resolved
+  once per batch (``config.engine_used`` in run.json: asked for, used, why, the measurements against eager
+  fp32); each item's ``inference.engine`` says what ran it (a compile failure falls back to eager, noted).
 - NAFNet runs on the whole image when it fits a pixel budget (its channel attention pools over the
   whole image) and in overlapping tiles otherwise; the budget is about 2 GiB of activations
   (``whole_max_pixels``, from the model width unless given). In tiles, a first pass measures the
@@ -89,7 +92,7 @@ NAFNET_BYTES_PER_PIXEL_AND_WIDTH = 32
 
 #: keys prepare adds or resolves that change outputs (the option fields are hashed too): an explicit
 #: bf16 also runs 16-bit images in bf16, where auto keeps them fp32
-DERIVED_OUTPUT_KEYS = ("precision_requested", "model_overrides", "model_channels")
+DERIVED_OUTPUT_KEYS = ("precision_requested", "model_overrides", "model_channels", "engine_outputs")
 MODE_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
 
 
@@ -262,7 +265,20 @@ def prepare(config: dict) -> dict:
     # auto is resolved here, once, so run.json and the config hash name the path that ran
     cfg["precision_requested"] = cfg["precision"]
     cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
+    _choose_engine(cfg, lm)
     return cfg
+
+
+def _choose_engine(cfg: dict, lm) -> None:
+    """Resolve ``--engine`` once per batch (auto: measured, cached on disk) and record it in ``cfg``:
+    ``engine_used`` (asked for, used, why, the measurements) and ``engine_outputs`` for the config hash
+    (None unless the engine used may change outputs beyond the model's agreement rule)."""
+    from imagingflows.models.engines import choose
+
+    choice = choose(lm.module, lm.spec, lm.config, cfg["engine"], precision=cfg["precision"], device=lm.device,
+                    weights_sha256=lm.weights_sha256)
+    cfg["engine_used"] = choice.as_dict()
+    cfg["engine_outputs"] = choice.used if choice.changes_outputs else None
 
 
 def _channel_adapter(net, model_channels: int, image_channels: int):
@@ -316,8 +332,11 @@ def restore_array(color: np.ndarray, cfg: dict, white_level: int | None = None) 
     """
     from imagingflows.models.tiling import predict_tiles
 
+    from imagingflows.models.engines import engine_module
+
     lm = model_of(cfg)
-    net, note = _channel_adapter(lm.module, int(cfg["model_channels"]), int(color.shape[2]))
+    engine = engine_module(lm.module, (cfg.get("engine_used") or {}).get("used") or "eager")
+    net, note = _channel_adapter(engine, int(cfg["model_channels"]), int(color.shape[2]))
     notes = [note] if note else []
     precision = cfg.get("precision", "fp32")
     if color.dtype == np.uint16 and precision in ("bf16", "fp16") and cfg.get("precision_requested") == "auto":
@@ -331,12 +350,15 @@ def restore_array(color: np.ndarray, cfg: dict, white_level: int | None = None) 
         whole_max_pixels=cfg.get("whole_max_pixels"), pool_passes=int(cfg.get("pool_passes", 1)),
         grid=lm.spec.grid_of(lm.config), out_dtype=np.float32 if scaled else None,
     )
+    record = {**run.as_dict(), "engine": engine.used}
+    if engine.fallback:
+        record["engine_fallback"] = engine.fallback
     if scaled:  # back on the data's own scale: rint(clip(y, 0, 1) * level), as predict_tiles does for uint
         out = np.rint(np.clip(out, 0, 1) * np.float32(white_level)).astype(color.dtype)
     expected = (color.shape[0] * cfg["scale"], color.shape[1] * cfg["scale"], color.shape[2])
     if out.shape != expected or out.dtype != color.dtype:
         raise RuntimeError(f"model output {out.shape} {out.dtype}, expected {expected} {color.dtype}")
-    return out, run.as_dict(), notes
+    return out, record, notes
 
 
 # ----------------------------------------------------------------------------- process one image
