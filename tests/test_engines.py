@@ -176,7 +176,7 @@ def test_auto_picks_an_engine_that_agrees_and_never_one_that_does_not(monkeypatc
     assert picked.used == "eager" and "channels-last: disagrees: 31.0" in picked.reason
 
 
-def test_restore_channels_last_matches_eager_and_run_json_records_the_engine(tmp_path):
+def test_restore_channels_last_matches_eager_and_run_json_records_the_engine(tmp_path, monkeypatch):
     from imagingflows.flows import restore
     from imagingflows.models.checkpoints import save_checkpoint
     from imagingflows.tasks.image_io import read_image, write_image
@@ -201,3 +201,14 @@ def test_restore_channels_last_matches_eager_and_run_json_records_the_engine(tmp
     for name in ("a.png", "b.png"):
         a, b = (read_image(tmp_path / e / name).array.astype(np.float32) / 255 for e in ("eager", "channels-last"))
         assert nafnet.SPEC.agreement.holds(_psnr(nafnet.SPEC, a, b))
+    monkeypatch.setenv(CXX_ENV, "/nonexistent/bin/g++")  # auto without compile: quick on any host
+    result = restore(tmp_path / "in", tmp_path / "auto", task="denoise", weights=str(weights), device="cpu",
+                     precision="fp32", engine="auto", collapse_check=False)
+    assert result["counts"]["done"] == 2, result
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    used = run["config"]["engine_used"]  # which engine wins is the host's: only the invariants are asserted
+    assert used["requested"] == "auto" and used["used"] in ("eager", "channels-last") and used["agrees"] is True
+    assert set(used["measurements"]) == {"eager", "channels-last", "compile"} and "no C++ compiler" in used["reason"]
+    assert used["measurements"][used["used"]]["agrees"] is True and run["config"]["engine_outputs"] is None
+    assert {run["items"][k]["inference"]["engine"] for k in ("a.png", "b.png")} == {used["used"]}
+    assert run["config_hash"] == outs["eager"]["config_hash"]
