@@ -47,27 +47,28 @@ ENGINES = ("eager", "channels-last", "compile")
 # ----------------------------------------------------------------------------- one row (subprocess)
 
 def _model(name: str):
-    """``(net, input channels, label)`` for one benchmarked model."""
+    """``(net, input channels, label, config)`` for one benchmarked model."""
     import torch
 
     from imagingflows.models.backend import load
 
     if name == "nafnet":
         lm = load(WEIGHTS / "nafnet_denoise.pt")
-        return lm.module, 3, "NAFNet demo (nafnet_denoise.pt)"
+        return lm.module, 3, "NAFNet demo (nafnet_denoise.pt)", lm.config
     if name == "hat":
         lm = load(WEIGHTS / "hat_sr_x2.pt")
-        return lm.module, 3, "HAT x2 demo (hat_sr_x2.pt)"
+        return lm.module, 3, "HAT x2 demo (hat_sr_x2.pt)", lm.config
     if name == "jdd":
         demo = WEIGHTS / "jdd_demo.pt"
         if demo.is_file():
-            return load(demo).module, 2, "JDD demo (jdd_demo.pt)"
+            lm = load(demo)
+            return lm.module, 2, "JDD demo (jdd_demo.pt)", lm.config
         from imagingflows.models import jdd
 
         torch.manual_seed(0)
         net = jdd.build(**jdd.SPEC.default_config).eval()
         torch.nn.init.normal_(net.exit.weight, 0, 0.05)
-        return net, 2, "JDD default config, random weights"
+        return net, 2, "JDD default config, random weights", dict(jdd.SPEC.default_config)
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
 
 
@@ -79,7 +80,7 @@ def run_row(model: str, engine: str, precision: str, size: int, repeat: int, out
     from peak_rss import PeakRSS
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    net, channels, label = _model(model)
+    net, channels, label, _ = _model(model)
     x = measure_input(channels, size)
     module = engine_module(net, engine)
     dtype = {"bf16": torch.bfloat16}.get(precision)
@@ -105,6 +106,31 @@ def run_row(model: str, engine: str, precision: str, size: int, repeat: int, out
     if profile:
         row["profile"] = _profile(call)
     return row
+
+
+def auto_row(model: str) -> dict:
+    """What ``--engine auto`` picks for ``model`` on this host (fresh measurement cache) and what it cost."""
+    import dataclasses
+
+    import torch
+
+    from imagingflows.models.engines import choose
+    from imagingflows.models.registry import Agreement, get_spec
+    from imagingflows.models.sliding_window import resolve_precision
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    net, _, label, config = _model(model)
+    spec = get_spec(model)
+    note = ""
+    if spec.agreement is None:  # JDD until models/jdd.py states its rule (issue 13: >= 50 dB)
+        spec, note = dataclasses.replace(spec, agreement=Agreement("psnr_db", 50.0)), " (rule of issue 13 lent)"
+    out = {}
+    for precision in ("fp32", resolve_precision("auto", torch.device("cpu"))):
+        t = time.perf_counter()
+        choice = choose(net, spec, config, "auto", precision=precision)
+        out[precision] = {"used": choice.used, "reason": choice.reason, "seconds": time.perf_counter() - t,
+                          "per_engine": {k: (v["seconds"], v["agreement"]) for k, v in choice.measurements.items()}}
+    return {"model": model, "label": label + note, "auto": out}
 
 
 def _profile(call, top: int = 8) -> list[dict]:
@@ -144,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16", action="store_true", help="bf16 rows even without native bf16")
     p.add_argument("--quick", action="store_true", help="64 x 64, one repeat (smoke run)")
     p.add_argument("--profile", action="store_true", help="top operators of NAFNet eager and compile, fp32")
+    p.add_argument("--no-auto", action="store_true", help="skip what --engine auto picks per model")
     p.add_argument("--row", nargs=3, metavar=("MODEL", "ENGINE", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--auto-row", choices=MODELS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--with-profile", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
         a.size, a.hat_size, a.repeat = 64, 64, 1
+    if a.auto_row:
+        print(json.dumps(auto_row(a.auto_row)))
+        return 0
     if a.row:
         print(json.dumps(run_row(*a.row, a.size, a.repeat, a.out, a.first_only, a.with_profile)))
         return 0
@@ -192,7 +223,14 @@ def main(argv: list[str] | None = None) -> int:
                         profiles[f"{model} {engine} {precision}"] = row.pop("profile")
                     rows.append(row)
                     print(f"  {model} {engine} {precision}: {row['steady_s'] / row['mp']:.3f} s/MP", flush=True)
+        autos = [] if a.no_auto else [_subprocess(["--auto-row", m], env | {"IMAGINGFLOWS_CACHE": str(Path(tmp) / m)})
+                                      for m in a.models]
     print(table(rows, profiles))
+    for r in autos:
+        print(f"\n--engine auto, {r['label']} (measured on a 256 x 256 input, fresh measurement cache):")
+        for precision, got in r["auto"].items():
+            per = ", ".join(f"{k} {s:.4f} s / {q} dB" for k, (s, q) in got["per_engine"].items())
+            print(f"- {precision}: {got['used']} ({per}; measuring took {got['seconds']:.0f} s): {got['reason']}")
     return 0
 
 
