@@ -58,7 +58,8 @@ def libraw_demosaic(mosaic: np.ndarray, pattern: str, method: str) -> np.ndarray
             rgb = raw.postprocess(demosaic_algorithm=_algorithm(method), output_color=rawpy.ColorSpace.raw,
                                   use_camera_wb=False, use_auto_wb=False, user_wb=[1.0, 1.0, 1.0, 1.0],
                                   no_auto_bright=True, gamma=(1, 1), output_bps=16, user_flip=0,
-                                  half_size=False, four_color_rgb=False)
+                                  half_size=False, four_color_rgb=False, adjust_maximum_thr=0.0, user_sat=65535,
+                                  user_black=0)
     if rgb.shape[:2] != mosaic.shape:
         raise ValueError(f"LibRaw {method} returned {rgb.shape[:2]} for a {mosaic.shape} mosaic")
     return rgb.astype(np.float32) / 65535.0
