@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from imagingflows.models.cfa import masks, pattern_of_crop
 from imagingflows.models.demosaic_tiling import check_mosaic, mirror_index
-from imagingflows.models.registry import ModelSpec
+from imagingflows.models.registry import Agreement, ModelSpec
 
 NAME = "jdd"
 NATIVE_PATTERN = "RGGB"
@@ -252,5 +252,6 @@ SPEC = ModelSpec(
     in_channels=lambda c: 2,
     tile_grid=lambda c: MULTIPLE,
     description="JDD, our joint demosaick-denoise net for Bayer mosaics (any pattern) with a noise-level input",
+    agreement=Agreement("psnr_db", 50.0),  # issue 13: demosaicking engines within 50 dB of eager float32
 )
 
