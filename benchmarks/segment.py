@@ -128,6 +128,9 @@ def timing(args) -> list[dict]:
                  "seconds": seconds, "peak_rss": mem.peak, "windows": window_count(x.shape[2:], roi, 0.5)})
     print(f"  {rows[-1]['path']}: {seconds:.1f} s, peak RSS {mem.peak / 2**30:.2f} GB", flush=True)
     brain = (x != 0).any(1)[0].numpy()  # (X, Y, Z)
+    if args.flash_attention:  # MONAI's own switch, our path only
+        _flash_attention(net, True)
+    sdpa = ", SDPA attention" if args.flash_attention else ""
     variants = [(roi, p) for p in args.precisions] + ([(big, p) for p in args.precisions] if big else [])
     for r, precision in variants:
         with PeakRSS() as mem:
@@ -139,7 +142,7 @@ def timing(args) -> list[dict]:
         diff = max(float(np.abs(np.asarray(ref[c])[brain] - out[0, c].numpy()[brain]).max())
                    for c in range(ref.shape[0]))
         del out, ref
-        rows.append({"path": f"ours predict_volume, crop + skip, ROI {'x'.join(map(str, r))}",
+        rows.append({"path": f"ours predict_volume, crop + skip{sdpa}, ROI {'x'.join(map(str, r))}",
                      "precision": run.precision, "seconds": seconds, "peak_rss": mem.peak,
                      "windows": run.windows - run.skipped_windows, "max_diff_in_brain": diff})
         print(f"  {rows[-1]['path']} [{run.precision}]: {seconds:.1f} s, peak RSS {mem.peak / 2**30:.2f} GB, "
@@ -209,6 +212,8 @@ AGREE_CONFIGS = {
     "ours fp32 ROI 128": {"precision": "fp32", "roi": [128, 128, 128]},
     "ours bf16 ROI 96": {"precision": "bf16"},
     "ours bf16 ROI 128": {"precision": "bf16", "roi": [128, 128, 128]},
+    "ours fp32 ROI 96 SDPA": {"precision": "fp32"},  # names ending in SDPA: MONAI's use_flash_attention on
+    "ours bf16 ROI 96 SDPA": {"precision": "bf16"},
 }
 #: (a, b, what changes from a to b)
 AGREE_PAIRS = (
@@ -218,11 +223,23 @@ AGREE_PAIRS = (
     ("ours fp32 ROI 64", "ours fp32 ROI 96", "ROI 64 (the training crop, several windows) -> 96 (one window)"),
     ("ours fp32 ROI 96", "ours fp32 ROI 128", "ROI 96 -> 128 (1 window, more padding)"),
     ("plain fp32 ROI 96", "ours bf16 ROI 128", "crop + skip + bf16 + ROI 128"),
+    ("ours fp32 ROI 96", "ours fp32 ROI 96 SDPA", "SDPA attention"),
+    ("ours fp32 ROI 96", "ours bf16 ROI 96 SDPA", "bf16 + SDPA attention"),
 )
+
+
+def _flash_attention(net: torch.nn.Module, on: bool) -> None:
+    """MONAI's own switch: Swin UNETR's window attention through scaled_dot_product_attention at inference."""
+    from monai.networks.nets.swin_unetr import WindowAttention
+
+    for m in net.modules():
+        if isinstance(m, WindowAttention):
+            m.use_flash_attention = on
 
 
 def agreement(args) -> None:
     from imagingflows.models.backend import configure_threads
+    from imagingflows.pipelines.model_ref import model_of
     from imagingflows.pipelines import medical as seg
     from imagingflows.tasks.ingest import Item
 
@@ -245,6 +262,7 @@ def agreement(args) -> None:
         spacing = tuple(float(s) for s in np.linalg.norm(vols[0].affine[:3, :3], axis=0))
         labels = {}
         for n in names:
+            _flash_attention(model_of(cfgs[n]).module, n.endswith("SDPA"))  # the model is shared between configs
             t0 = time.perf_counter()
             probs, run = seg.predict_regions(vols, cfgs[n])
             seconds = time.perf_counter() - t0
@@ -288,6 +306,9 @@ def main() -> int:
                     "(comma list, e.g. bf16 or fp32,bf16; default none)")
     ap.add_argument("--agree-configs", default="all", help=f"agreement configurations (comma list of "
                     f"{', '.join(AGREE_CONFIGS)}; default all)")
+    ap.add_argument("--flash-attention", action="store_true",
+                    help="our path with MONAI's use_flash_attention (scaled_dot_product_attention) switched on; "
+                         "MONAI's plain path keeps its default (off)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--cases", default=str(ROOT / "sample_data" / "brats"), help="cases with references")
