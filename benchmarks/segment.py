@@ -16,7 +16,9 @@ skipping, each precision forced (``--precisions``), at ROI 128 and at a larger R
 covers the brain box in fewer windows (``--large-roi``; ``auto`` = the box rounded up to
 multiples of 32). The brain's bounding box (mm) and the windows each path runs are printed;
 peak RSS is sampled from /proc during each path. ``--profile`` adds a torch.profiler
-summary (operators by self CPU time) of one ROI-128 window at each of ``--precisions``.
+summary (operators by self CPU time) of one ROI-128 window at the precisions it names;
+``--flash-attention`` switches on MONAI's ``use_flash_attention`` (window attention through
+``scaled_dot_product_attention``) on our path only.
 
 Agreement: the bundled demo weights on the bundled sample cases, the full segment
 pipeline preprocessing: voxel agreement of the label maps inside the brain and the Dice
