@@ -17,8 +17,9 @@ covers the brain box in fewer windows (``--large-roi``; ``auto`` = the box round
 multiples of 32). The brain's bounding box (mm) and the windows each path runs are printed;
 peak RSS is sampled from /proc during each path. ``--profile`` adds a torch.profiler
 summary (operators by self CPU time) of one ROI-128 window at the precisions it names;
-``--flash-attention`` switches on MONAI's ``use_flash_attention`` (window attention through
-``scaled_dot_product_attention``) on our path only.
+our path uses MONAI's ``use_flash_attention`` (window attention through
+``scaled_dot_product_attention``), as ``models/swin_unetr.py`` builds it since 2026-12-02
+(``--no-flash-attention``: off); MONAI's plain path has it off (MONAI's default).
 
 Agreement: the bundled demo weights on the bundled sample cases, the full segment
 pipeline preprocessing: voxel agreement of the label maps inside the brain and the Dice
@@ -119,6 +120,7 @@ def timing(args) -> list[dict]:
 
     rows = []
     tmp_ref = tempfile.NamedTemporaryFile(suffix=".npy", delete=False)  # the reference waits on disk, not in RSS
+    _flash_attention(net, False)  # MONAI's plain path: its default
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -130,8 +132,7 @@ def timing(args) -> list[dict]:
                  "seconds": seconds, "peak_rss": mem.peak, "windows": window_count(x.shape[2:], roi, 0.5)})
     print(f"  {rows[-1]['path']}: {seconds:.1f} s, peak RSS {mem.peak / 2**30:.2f} GB", flush=True)
     brain = (x != 0).any(1)[0].numpy()  # (X, Y, Z)
-    if args.flash_attention:  # MONAI's own switch, our path only
-        _flash_attention(net, True)
+    _flash_attention(net, args.flash_attention)  # ours: on unless --no-flash-attention
     sdpa = ", SDPA attention" if args.flash_attention else ""
     variants = [(roi, p) for p in args.precisions] + ([(big, p) for p in args.precisions] if big else [])
     for r, precision in variants:
@@ -308,9 +309,9 @@ def main() -> int:
                     "(comma list, e.g. bf16 or fp32,bf16; default none)")
     ap.add_argument("--agree-configs", default="all", help=f"agreement configurations (comma list of "
                     f"{', '.join(AGREE_CONFIGS)}; default all)")
-    ap.add_argument("--flash-attention", action="store_true",
-                    help="our path with MONAI's use_flash_attention (scaled_dot_product_attention) switched on; "
-                         "MONAI's plain path keeps its default (off)")
+    ap.add_argument("--flash-attention", action=argparse.BooleanOptionalAction, default=True,
+                    help="our path with MONAI's use_flash_attention (scaled_dot_product_attention), as the "
+                         "segment pipeline builds it (default on); MONAI's plain path keeps its default (off)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--cases", default=str(ROOT / "sample_data" / "brats"), help="cases with references")
