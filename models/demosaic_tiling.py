@@ -75,6 +75,21 @@ def mirror_index(lo: int, hi: int, n: int, device: torch.device | None = None) -
     return torch.where(i > n - 1, period - i, i)
 
 
+def tile_steps(tile: int | None, halo: int, shape: tuple[int, int], who: str, grid: int = 2) -> tuple[int, int]:
+    """``(step_h, step_w)``: the core side of a ``tile`` that reads ``halo`` pixels of context per side,
+    ``tile - 2 halo`` rounded down to a multiple of ``grid`` (the CFA period, or the network's stride);
+    the whole ``shape`` when ``tile`` is None. TypeError / ValueError when ``tile`` cannot work."""
+    if tile is None:
+        return shape
+    if isinstance(tile, bool) or not isinstance(tile, int):
+        raise TypeError(f"{who}: tile must be an int or None, got {tile!r}")
+    step = (tile - 2 * halo) // grid * grid
+    if step < grid:
+        raise ValueError(f"{who}: tile={tile} is too small: it must exceed twice the halo ({2 * halo}) by at "
+                         f"least {grid} pixel{'s' if grid > 1 else ''}")
+    return step, step
+
+
 Phase = tuple[int, int]
 
 
@@ -161,16 +176,7 @@ def run_tiled(core: Core, mosaic: torch.Tensor, pattern: str, *, halo: int, tile
     if halo % 2:
         raise ValueError(f"{who}: halo must be even to keep the CFA parity, got {halo}")
     b, _, h, w = mosaic.shape
-    if tile is None:
-        step_h, step_w = h, w
-    else:
-        if isinstance(tile, bool) or not isinstance(tile, int):
-            raise TypeError(f"{who}: tile must be an int or None, got {tile!r}")
-        step = (tile - 2 * halo) // 2 * 2
-        if step < 2:
-            raise ValueError(f"{who}: tile={tile} is too small: it must exceed twice the halo "
-                             f"({2 * halo}) by at least 2 pixels")
-        step_h, step_w = step, step
+    step_h, step_w = tile_steps(tile, halo, (h, w), who)
     out = mosaic.new_empty(b, 3, h, w)
     k = halo // 2  # halo in phase-plane units
     for r0 in range(0, h, step_h):

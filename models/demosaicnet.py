@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from imagingflows.models.cfa import masks, pattern_of_crop
-from imagingflows.models.demosaic_tiling import check_mosaic, mirror_index
+from imagingflows.models.demosaic_tiling import check_mosaic, mirror_index, tile_steps
 
 NAME = "demosaicnet"
 NATIVE_PATTERN = "GRBG"  # demosaicnet/mosaic.py ``bayer``: G r / b G
@@ -186,15 +186,7 @@ class DemosaicNetBayer(nn.Module):
         pattern = check_mosaic(mosaic, pattern, NAME)
         halo = self.crop + 1
         b, _, h, w = mosaic.shape
-        if tile is None:
-            step_h, step_w = h, w
-        else:
-            if isinstance(tile, bool) or not isinstance(tile, int):
-                raise TypeError(f"{NAME}: tile must be an int or None, got {tile!r}")
-            step = (tile - 2 * halo) // 2 * 2
-            if step < 2:
-                raise ValueError(f"{NAME}: tile={tile} is too small: it must exceed {2 * halo} by at least 2")
-            step_h = step_w = step
+        step_h, step_w = tile_steps(tile, halo, (h, w), NAME)
         param = next(self.parameters())
         out = mosaic.new_empty(b, 3, h, w)
         for r0 in range(0, h, step_h):

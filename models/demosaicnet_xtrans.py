@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from imagingflows.models.cfa import CFAError, cell_masks
-from imagingflows.models.demosaic_tiling import mirror_index
+from imagingflows.models.demosaic_tiling import mirror_index, tile_steps
 from imagingflows.models.demosaicnet import load_package_state_dict
 
 NAME = "demosaicnet-xtrans"
@@ -178,14 +178,7 @@ class DemosaicNetXTrans(nn.Module):
         if h < 6 or w < 6:
             raise ValueError(f"{NAME}: X-Trans mosaic {h}x{w} is smaller than one 6x6 CFA period")
         c = self.crop
-        if tile is None:
-            step_h, step_w = h, w
-        else:
-            if isinstance(tile, bool) or not isinstance(tile, int):
-                raise TypeError(f"{NAME}: tile must be an int or None, got {tile!r}")
-            if tile - 2 * c < 1:
-                raise ValueError(f"{NAME}: tile={tile} is too small: it must exceed {2 * c}")
-            step_h = step_w = tile - 2 * c
+        step_h, step_w = tile_steps(tile, c, (h, w), NAME, grid=1)
         cols_lines = ["".join(r[x] for r in rows) for x in range(6)]
         onehot = torch.zeros(6, 6, 3, dtype=mosaic.dtype, device=mosaic.device)
         for y in range(6):

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imagingflows.models.cfa import masks, pattern_of_crop
-from imagingflows.models.demosaic_tiling import check_mosaic, mirror_index
+from imagingflows.models.demosaic_tiling import check_mosaic, mirror_index, tile_steps
 from imagingflows.models.registry import Agreement, ModelSpec
 
 NAME = "jdd"
@@ -192,16 +192,8 @@ def demosaic_jdd(mosaic: torch.Tensor, pattern: str, *, net: JDDNet, tile: int |
     pattern = check_mosaic(mosaic, pattern, NAME)
     b, _, h, w = mosaic.shape
     halo = net.halo
-    if tile is None:
-        step_h, step_w = h, w
-    else:
-        if isinstance(tile, bool) or not isinstance(tile, int):
-            raise TypeError(f"{NAME}: tile must be an int or None, got {tile!r}")
-        # cores on a grid of 4: the network (packing, then one stride-2 level) is shift-equivariant only by 4
-        step = (tile - 2 * halo) // MULTIPLE * MULTIPLE
-        if step < MULTIPLE:
-            raise ValueError(f"{NAME}: tile={tile} is too small: it must exceed {2 * halo} by at least {MULTIPLE}")
-        step_h = step_w = step
+    # cores on a grid of 4: the network (packing, then one stride-2 level) is shift-equivariant only by 4
+    step_h, step_w = tile_steps(tile, halo, (h, w), NAME, grid=MULTIPLE)
     levels = noise_map(mosaic, estimate_noise(mosaic) if noise is None else noise)
     dy, dx = native_shift(pattern)
     param = next(net.parameters())

@@ -54,20 +54,11 @@ def discover(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str,
     without its suffix. Reference mode: :func:`demosaic_evaluate.discover_references`."""
     if config.get("simulate"):
         return reference.discover_references(input_dir, config)
-    input_dir = Path(input_dir)
-    items, errors, seen = [], [], {}
-    for path in sorted(input_dir.rglob("*")):
-        rel = path.relative_to(input_dir)
-        if path.suffix.lower() not in SUFFIXES or not path.is_file() or rel.parts[0] == PREVIEW_DIR \
-                or any(p.startswith(".") for p in rel.parts):
-            continue
-        item_id = rel.with_suffix("").as_posix()
-        if item_id in seen:
-            errors.append((item_id, f"{path}: has the same name as {seen[item_id]}; their outputs would collide"))
-            continue
-        seen[item_id] = path
-        items.append(Item(item_id, {"raw" if path.suffix.lower() in RAW_SUFFIXES else "mosaic": str(path)}))
-    return items, errors
+    from imagingflows.tasks.ingest import files_by_stem
+
+    found, errors = files_by_stem(input_dir, SUFFIXES, skip=PREVIEW_DIR)
+    return [Item(item_id, {("raw" if path.suffix.lower() in RAW_SUFFIXES else "mosaic"): str(path)})
+            for item_id, path in found], errors
 
 
 def _outputs(item_id: str, out_dir: Path) -> list[Path]:

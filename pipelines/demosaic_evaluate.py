@@ -127,20 +127,10 @@ def prepare_references(cfg: dict) -> dict:
 
 def discover_references(input_dir: Path, config: dict) -> tuple[list[Item], list[tuple[str, str]]]:
     """One item per PNG/TIFF/JPEG under ``input_dir`` (recursively, not in ``previews/``)."""
-    input_dir = Path(input_dir)
-    items, errors, seen = [], [], {}
-    for path in sorted(input_dir.rglob("*")):
-        rel = path.relative_to(input_dir)
-        if path.suffix.lower() not in REF_SUFFIXES or not path.is_file() or rel.parts[0] == PREVIEW_DIR \
-                or any(p.startswith(".") for p in rel.parts):
-            continue
-        item_id = rel.with_suffix("").as_posix()
-        if item_id in seen:
-            errors.append((item_id, f"{path}: has the same name as {seen[item_id]}; their outputs would collide"))
-            continue
-        seen[item_id] = path
-        items.append(Item(item_id, {"reference": str(path)}))
-    return items, errors
+    from imagingflows.tasks.ingest import files_by_stem
+
+    found, errors = files_by_stem(input_dir, REF_SUFFIXES, skip=PREVIEW_DIR)
+    return [Item(item_id, {"reference": str(path)}) for item_id, path in found], errors
 
 
 def read_reference(path: str | Path) -> tuple[np.ndarray, list[str]]:

@@ -103,16 +103,12 @@ def draw_levels(n: int, noise: tuple[float, float], gen: torch.Generator) -> tor
     return torch.where(torch.rand(n, generator=gen) < CLEAN_SHARE, torch.full_like(s, lo), s)
 
 
-def _orient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, k, dims=(1, 2))
-    return torch.flip(x, dims=(2,)) if flip else x
-
-
 def training_pairs(pool: list[torch.Tensor], batch: int, patch: int, cfg: dict, gen: torch.Generator
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(network input (B, 2, P, P), clean target (B, 3, P, P))``, P = ``patch`` (a multiple of 4)."""
     from imagingflows.models.cfa import mosaic as sample
     from imagingflows.models.jdd import native_shift
+    from imagingflows.pipelines.restore_train import orient
 
     crops = []
     for _ in range(batch):
@@ -121,7 +117,7 @@ def training_pairs(pool: list[torch.Tensor], batch: int, patch: int, cfg: dict, 
         y = int(torch.randint(0, h - patch - 2 + 1, (), generator=gen))
         x = int(torch.randint(0, w - patch - 2 + 1, (), generator=gen))
         crop = img[:, y:y + patch + 2, x:x + patch + 2]
-        crops.append(_orient(crop, int(torch.randint(4, (), generator=gen)), bool(torch.randint(2, (), generator=gen))))
+        crops.append(orient(crop, int(torch.randint(4, (), generator=gen)), bool(torch.randint(2, (), generator=gen))))
     clean = torch.stack(crops)  # (B, 3, P + 2, P + 2)
     linear = torch.rand(batch, generator=gen) < cfg["linear_share"]
     gain = LINEAR_GAIN[0] + (LINEAR_GAIN[1] - LINEAR_GAIN[0]) * torch.rand(batch, generator=gen)

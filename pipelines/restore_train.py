@@ -164,8 +164,8 @@ def random_pairs(pool: list[tuple[torch.Tensor, torch.Tensor | None]], batch: in
         c = clean[:, y:y + p, x:x + p]
         d = degraded[:, y // scale:(y + p) // scale, x // scale:(x + p) // scale] if degraded is not None else None
         k, flip = int(torch.randint(4, (), generator=gen)), bool(torch.randint(2, (), generator=gen))
-        c = _orient(c, k, flip)
-        d = _orient(d, k, flip) if d is not None else None
+        c = orient(c, k, flip)
+        d = orient(d, k, flip) if d is not None else None
         cleans.append(c)
         inputs.append(d)
     clean_b = torch.stack(cleans)
@@ -187,7 +187,8 @@ def _centre_crop(x: torch.Tensor, size: int, multiple: int) -> torch.Tensor:
     return x[:, y0:y0 + h, x0:x0 + w]
 
 
-def _orient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+def orient(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """``(C, H, W)`` rotated ``k`` quarter turns, then flipped left-right when ``flip`` (training augmentation)."""
     x = torch.rot90(x, k, dims=(1, 2))
     return torch.flip(x, dims=(2,)) if flip else x
 

@@ -71,6 +71,28 @@ def hash_inputs(paths: list[str | os.PathLike]) -> str:
     return h.hexdigest()
 
 
+def files_by_stem(input_dir: str | os.PathLike, suffixes: tuple[str, ...], skip: str | None = None
+                  ) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """``([(id, path)], errors)`` for the files under ``input_dir`` (recursively, sorted) whose suffix is in
+    ``suffixes`` (lower case), hidden files and folders and the top-level folder ``skip`` left out; id = the
+    relative path without its suffix. Two files with one id (``a.png`` and ``a.tif``) would write the same
+    outputs: the second is an error naming both."""
+    input_dir = Path(input_dir)
+    found, errors, seen = [], [], {}
+    for path in sorted(input_dir.rglob("*")):
+        rel = path.relative_to(input_dir)
+        if path.suffix.lower() not in suffixes or not path.is_file() or rel.parts[0] == skip \
+                or any(p.startswith(".") for p in rel.parts):
+            continue
+        item_id = rel.with_suffix("").as_posix()
+        if item_id in seen:
+            errors.append((item_id, f"{path}: has the same name as {seen[item_id]}; their outputs would collide"))
+            continue
+        seen[item_id] = path
+        found.append((item_id, path))
+    return found, errors
+
+
 def strip_nifti_suffix(name: str) -> str | None:
     for s in NIFTI_SUFFIXES:
         if name.lower().endswith(s):
