@@ -8,12 +8,17 @@
     run-flow evaluate restore --predictions clean/ --reference gt/ --output ev/
     run-flow serve segment --cron "0 2 * * *" --input scans/ --output out/
     run-flow models                                        # registered architectures
+    run-flow status out/ [--json] [--slowest N]            # what run.json says: counts, failures, timings
+    run-flow report out/                                   # render report.html/.md again from run.json
 
 ``run-flow <pipeline>``, ``train <pipeline>``, ``evaluate <pipeline>`` and ``serve <pipeline>``
 exist for every registered pipeline (plug-ins included); their options are the pipeline's
 declarations (``pipelines/options.py``), so ``--help`` lists each with its unit and default.
 
-Exit codes: 0 all items done; 1 some items failed (the rest done); 2 nothing could run.
+Exit codes: 0 all items done; 1 some items failed (the rest done); 2 nothing could run (usage or
+set-up error, one line); 130 / 143 stopped by SIGINT / SIGTERM (run.json keeps the finished items).
+``status`` exits as the run it reads (0 finished with every item done, 1 otherwise, 2 no readable
+run.json); ``report`` 0 when written, 2 when it cannot be.
 Quiet and private by default: Prefect analytics and telemetry off unless the user set
 those variables; no network calls.
 """
@@ -21,6 +26,8 @@ those variables; no network calls.
 from __future__ import annotations
 
 # Quiet, private defaults are set by imagingflows.flows (imported first, before prefect).
+import contextlib
+import logging
 import sys
 import warnings
 from functools import partial
@@ -33,7 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from imagingflows.flows.commands import command, fields_of, given, optional
-from imagingflows.pipelines.options import BatchOptions, EvaluateOptions, ServeOptions
+from imagingflows.pipelines.options import BatchOptions, EvaluateOptions, Options, ServeOptions, option
 
 err = Console(stderr=True, soft_wrap=True)  # one message, one line (cron mail, grep)
 
@@ -56,11 +63,53 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    if logging.getLogger("imagingflows").handlers:  # a --log-file is open: the reason goes there too
+        logging.getLogger("imagingflows").error("error: %s", message)
     raise typer.Exit(code)
 
 
 #: exit codes of a run stopped by a signal (the shell's 128 + signal number)
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class LogFileOption(Options):
+    """``--log-file`` of the batch commands (besides run.log in the output folder)."""
+
+    log_file: Path | None = option(None, "Also append the run.log lines to this file, with a start and an "
+                                         "exit line per run (one log for many runs, e.g. cron).", output=False)
+
+
+@contextlib.contextmanager
+def _log_file(path: Path | None, what: str):
+    """``--log-file``: what run.log gets (the ``imagingflows`` logger, flows/run.py's ``file_log``)
+    is also appended to ``path``, between ``<what>: started`` and ``<what>: exit N``."""
+    if path is None:
+        yield
+        return
+    from imagingflows.flows.run import file_log, log
+
+    try:
+        handler = file_log(path)
+    except OSError as e:
+        _fail(f"--log-file {path} cannot be opened for appending: {e.strerror or e}")
+    code: Any = 0
+    log.info("%s: started", what)
+    try:
+        yield
+    except typer.Exit as e:
+        code = e.exit_code
+        raise
+    except (SystemExit, KeyboardInterrupt) as e:
+        code = e.code if isinstance(e, SystemExit) else SIGNAL_EXIT["SIGINT"]
+        raise
+    except Exception as e:  # noqa: BLE001 - logged, then raised as before
+        code = f"1 (crashed: {type(e).__name__}: {e})"
+        raise
+    finally:
+        log.log(logging.INFO if code == 0 else logging.WARNING if code == 1 else logging.ERROR,
+                "%s: exit %s", what, code)
+        log.removeHandler(handler)
+        handler.close()
 
 
 def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, *, resume: bool,
@@ -92,9 +141,12 @@ def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, 
     except UsageError as e:
         _fail(str(e))
     counts = result["counts"]
+    line = (f"{pipeline}: {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped, "
+            f"{counts.get('failed', 0)} failed -> {output_dir}/report.html")
+    if logging.getLogger("imagingflows").handlers:  # --log-file: the summary too
+        logging.getLogger("imagingflows").info("%s", line)
     if not quiet or counts.get("failed") or result.get("interrupted"):
-        err.print(f"{pipeline}: {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped, "
-                  f"{counts.get('failed', 0)} failed -> {output_dir}/report.html", highlight=False)
+        err.print(line, highlight=False)
     for item_id, reason in result.get("errors", {}).items():  # also under --quiet: cron mails the reason
         first = (reason or "failed").strip().splitlines()[0]
         err.print(f"  [red]failed[/] {escape(item_id)}: {escape(first)}", highlight=False)
@@ -125,11 +177,13 @@ PATHS = ("input", "output")
 
 def _run(pipeline: str, ctx: typer.Context, **values: Any) -> None:
     batch = {k: values.pop(k) for k in BatchOptions.model_fields}
+    log_file = values.pop("log_file")
     # only what was typed: the declarations' defaults apply in one place (a missing required
     # option is then "--task is required", one line)
-    code = _run_batch(pipeline, batch["input"], batch["output"], given(ctx, values), resume=batch["resume"],
-                      runner=batch["runner"], workers=batch["workers"], quiet=batch["quiet"])
-    raise typer.Exit(code)
+    with _log_file(log_file, f"run-flow {pipeline} -> {batch['output']}"):
+        code = _run_batch(pipeline, batch["input"], batch["output"], given(ctx, values), resume=batch["resume"],
+                          runner=batch["runner"], workers=batch["workers"], quiet=batch["quiet"])
+        raise typer.Exit(code)
 
 
 def _train(pipeline: str, ctx: typer.Context, **values: Any) -> None:
@@ -146,12 +200,18 @@ def _train(pipeline: str, ctx: typer.Context, **values: Any) -> None:
 
 
 def _evaluate(pipeline: str, ctx: typer.Context, **values: Any) -> None:
-    from imagingflows.flows.evaluate import evaluate_pipeline
-    from imagingflows.flows.runners import UsageError
     from imagingflows.pipelines.base import get_pipeline
 
     pipe = get_pipeline(pipeline)
     ev = {k: values.pop(k) for k in EvaluateOptions.model_fields}
+    with _log_file(values.pop("log_file"), f"run-flow evaluate {pipeline} -> {ev['output']}"):
+        _evaluate_body(pipe, pipeline, ctx, ev, values)
+
+
+def _evaluate_body(pipe, pipeline: str, ctx: typer.Context, ev: dict, values: dict) -> None:
+    from imagingflows.flows.evaluate import evaluate_pipeline
+    from imagingflows.flows.runners import UsageError
+
     if ev["predictions"] is None and ev["input"] is None:
         _fail("give --input (run the pipeline, then score) or --predictions (score existing outputs)")
     reference = ev["reference"] or (ev["input"] if pipe.references_in_input else None)
@@ -164,6 +224,8 @@ def _evaluate(pipeline: str, ctx: typer.Context, **values: Any) -> None:
             typed = {**pipe.evaluate_run_options, **typed}  # the evaluation run's own options, under the typed
             code = _run_batch(pipeline, ev["input"], ev["output"], typed, resume=ev["resume"], runner="thread",
                               workers=1, quiet=ev["quiet"])
+            if code not in (0, 1):  # stopped by a signal: nothing to score yet, exit as the run did
+                raise typer.Exit(code)
         result = evaluate_pipeline(pipeline, ev["predictions"] or ev["output"], reference, ev["output"], typed)
     except UsageError as e:
         _fail(str(e))
@@ -215,6 +277,45 @@ def models() -> None:
         err.print(f"{name}: {REGISTRY.get(name).description}", highlight=False)
 
 
+RUN_DIR = typer.Argument(..., metavar="OUT", help="A run folder (the --output of a run; it holds run.json).",
+                         show_default=False)
+
+
+def status(
+    run_dir: Path = RUN_DIR,
+    slowest: int = typer.Option(5, "--slowest", min=0, metavar="N", help="List the N slowest items."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
+) -> None:
+    """Summarise a run folder from its run.json: counts, failures with reasons, timings, slowest items.
+
+    Exit 0: it finished, every item done; 1: items failed, or it did not finish; 2: no readable run.json."""
+    import json
+
+    from imagingflows.flows.runners import UsageError
+    from imagingflows.flows.status import render_status, status_exit_code, summarise
+
+    try:
+        summary = summarise(run_dir, slowest=slowest)
+    except UsageError as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2) if as_json else render_status(summary))
+    raise typer.Exit(status_exit_code(summary))
+
+
+def report(run_dir: Path = RUN_DIR) -> None:
+    """Render report.html and report.md of a run folder again from its run.json (finished or stopped).
+
+    Item outputs are not touched; the two reports are replaced atomically. Exit 2 when it cannot."""
+    from imagingflows.flows.runners import UsageError
+    from imagingflows.flows.status import rerender_report
+
+    try:
+        paths = rerender_report(run_dir)
+    except UsageError as e:
+        _fail(str(e))
+    err.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+
+
 # ----------------------------------------------------------------------------- the app
 
 class _PipelineCommands(TyperGroup):
@@ -253,7 +354,7 @@ def build_app() -> typer.Typer:
         pipe = get_pipeline(name)
         options = optional(fields_of(pipe.run_options))  # pydantic says what is missing: one line
         app.command(name, help=f"{pipe.description}.")(
-            command(partial(_run, name), pipe.description, paths, options, run_level))
+            command(partial(_run, name), pipe.description, paths, options, run_level, LogFileOption.model_fields))
         if pipe.train is not None and pipe.train_options is not None:
             verbs["train"].command(name, help=f"Train the {name} model: {pipe.description}.")(
                 command(partial(_train, name), name, optional(fields_of(pipe.train_options))))
@@ -261,7 +362,8 @@ def build_app() -> typer.Typer:
             scoring = EvaluateOptions.model_fields
             verbs["evaluate"].command(name, help=f"Score {name} outputs against references.")(
                 command(partial(_evaluate, name), name, scoring, optional(
-                    fields_of(pipe.run_options, leave_out=tuple(scoring)), note="Required to run the pipeline.")))
+                    fields_of(pipe.run_options, leave_out=tuple(scoring)), note="Required to run the pipeline."),
+                    LogFileOption.model_fields))
         verbs["serve"].command(name, help=f"Serve {name} on a schedule.")(
             command(partial(_serve, name), name, paths, ServeOptions.model_fields, options,
                     {k: run_level[k] for k in ("runner", "workers")}))
@@ -269,6 +371,8 @@ def build_app() -> typer.Typer:
         app.add_typer(sub, name=verb)
     app.command()(export)
     app.command()(models)
+    app.command()(status)
+    app.command()(report)
     return app
 
 
