@@ -4,7 +4,12 @@ The manifest (``run.json``) is a plain dict; every key may be absent and every v
 an unexpected type, so each part renders what it finds and skips what it does not understand.
 The HTML is self-contained (inline CSS, no scripts, no external URLs) and refers to images by
 paths relative to the run folder; everything taken from the manifest is HTML-escaped (and, in
-the Markdown, escaped against tables and inline HTML).
+the Markdown, escaped against tables and inline HTML). It opens from ``file://`` with no server.
+
+The page puts the summary first (counts, failures, warnings, mean metrics, figures), then the item
+table and the previews. Above ``PAGE_SIZE`` items the table and the previews are paged with pure
+CSS (one radio button per page, labels as page links, plus "all" and "failed"): a browser without
+CSS shows every row, printing shows every row, and nothing needs a script.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .write import write_bytes
 
 SHA_SHORT = 12
 _ERROR_CELL_CHARS = 120
+PAGE_SIZE = 50  # items per page of the HTML item table (and its previews); at most this many: no pager
+_OPEN_LIST_MAX = 10  # failed/warned items listed open in the summary; the rest collapsed
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -489,6 +496,25 @@ figure { margin: 0; }
 figcaption { font-size: .8em; color: #555; text-align: center; }
 .figure img { max-width: 100%; height: auto; }
 table.kv th { width: 12em; }
+/* wide item tables scroll inside the page instead of widening it */
+.table-wrap { overflow-x: auto; max-width: 100%; }
+td.id { white-space: nowrap; }
+td.error { min-width: 12em; overflow-wrap: anywhere; }  /* long paths wrap inside the cell */
+td.id a { color: inherit; }
+details.long > summary { cursor: pointer; color: #0969da; margin: .6em 0; }
+/* the pager: one hidden radio per page (pure CSS, works from file:// with no script) */
+.paged > input.pg { position: absolute; opacity: 0; width: 1px; height: 1px; margin: 0; }
+.pager { display: flex; flex-wrap: wrap; align-items: center; gap: .3em; margin: .5em 0; font-size: .9em; }
+.pager .hint { color: #555; margin-right: .4em; }
+.pager label { display: inline-block; min-width: 1.6em; text-align: center; padding: .1em .45em;
+               border: 1px solid #d0d7de; border-radius: 4px; cursor: pointer; background: #fff; }
+.pager label:hover { background: #f3f4f6; }
+.pager label.show-failed { color: #cf222e; }
+.item-previews:target h3 { background: #fff8c5; }
+.toc { margin: .4em 0; } .toc a { color: #0969da; }
+/* printed: every page of the table, no pager */
+@media print { .pager, .toc, .paged > input.pg { display: none; }
+               .paged .items-page, .paged tr, .paged .item-previews { display: revert !important; } }
 """
 
 
@@ -514,21 +540,154 @@ def _status_class(status: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "", status.lower())
 
 
+def _long_list(blocks: list[str], noun: str) -> list[str]:
+    """The first ``_OPEN_LIST_MAX`` blocks as they are, the rest in a collapsed ``<details>``."""
+    if len(blocks) <= _OPEN_LIST_MAX:
+        return blocks
+    rest = len(blocks) - _OPEN_LIST_MAX
+    return [*blocks[:_OPEN_LIST_MAX], f'<details class="long"><summary>{rest:,} more {_h(noun)}</summary>',
+            *blocks[_OPEN_LIST_MAX:], "</details>"]
+
+
+def _page_count(n_items: int) -> int:
+    """Pages of the HTML item table: 1 (no pager) up to ``PAGE_SIZE`` items."""
+    return 1 if n_items <= PAGE_SIZE else math.ceil(n_items / PAGE_SIZE)
+
+
+def _pager_css(pages: int, with_failed: bool) -> str:
+    """The page-count specific rules: radio ``items-pK`` checked hides every other page and marks its labels.
+
+    Everything is visible by default (no CSS, print); "all" has no rule; "failed" hides rows and previews of
+    items that did not fail.
+    """
+    if pages <= 1:
+        return ""
+    ids = [f"items-p{k}" for k in range(1, pages + 1)] + ["items-all"] + (["items-failed"] if with_failed else [])
+    hide = [f"#items-p{k}:checked ~ * .items-page:not(.items-p{k})" for k in range(1, pages + 1)]
+    if with_failed:
+        hide += ["#items-failed:checked ~ * tbody tr:not(.failed)",
+                 "#items-failed:checked ~ * .item-previews:not(.failed)"]
+    current = [f'#{i}:checked ~ .pager label[for="{i}"]' for i in ids]
+    focus = [f'#{i}:focus-visible ~ .pager label[for="{i}"]' for i in ids]
+    return (",\n".join(hide) + " { display: none; }\n"
+            + ",\n".join(current) + " { background: #0969da; border-color: #0969da; color: #fff; }\n"
+            + ",\n".join(focus) + " { outline: 2px solid #0969da; outline-offset: 1px; }\n")
+
+
+def _pager_nav(pages: int, n_items: int, n_failed: int) -> str:
+    labels = [f'<label for="items-p{k}" title="items {(k - 1) * PAGE_SIZE + 1:,}–{min(k * PAGE_SIZE, n_items):,}">'
+              f"{k}</label>" for k in range(1, pages + 1)]
+    labels.append(f'<label for="items-all" title="all {n_items:,} items on one page">all</label>')
+    if n_failed:
+        labels.append(f'<label for="items-failed" class="show-failed" title="only the failed items">'
+                      f"failed ({n_failed:,})</label>")
+    return (f'<nav class="pager" aria-label="item pages"><span class="hint">{n_items:,} items, {PAGE_SIZE} a page:'
+            f"</span>{''.join(labels)}</nav>")
+
+
+def _item_row(index: int, iid: str, it: dict, summary_keys: list[str], metric_keys: list[str],
+              any_warnings: bool, preview_anchor: bool) -> str:
+    s, m = _flatten(it.get("summary")), _flatten(it.get("metrics"))
+    status = str(it.get("status", ""))
+    err = it.get("error")
+    id_html = f'<a href="#pv-{index}">{_h(iid)}</a>' if preview_anchor else _h(iid)
+    cells = [("id", id_html), (f"status-{_status_class(status)}", _h(status)),
+             ("num", _h(format_seconds(it.get("seconds"))))]
+    cells += [("num" if _is_number(s.get(k)) else "", _h(format_value(s.get(k)))) for k in summary_keys]
+    cells += [("num" if _is_number(m.get(k)) else "", _h(format_metric(m.get(k)))) for k in metric_keys]
+    n_warn = len(_warnings(it))
+    if any_warnings:
+        cells.append(("num warn" if n_warn else "num", _h(n_warn) if n_warn else ""))
+    cells.append(("error", _h(_first_line(str(err))) if err else ""))
+    tr_cls = _status_class(status) + (" warned" if n_warn else "")
+    return ((f'<tr class="{_h(tr_cls)}">' if tr_cls else "<tr>")
+            + "".join(f'<td class="{c}">{v}</td>' if c else f"<td>{v}</td>" for c, v in cells) + "</tr>")
+
+
+def _item_previews(index: int, iid: str, status: str, paths: list[str], base_dir: Path | None) -> str:
+    parts = [f'<section class="item-previews {_status_class(status)}" id="pv-{index}"><h3>{_h(iid)}</h3>',
+             '<div class="previews">']
+    for p in paths:
+        name = PurePosixPath(p.replace("\\", "/")).stem
+        url = _h(_image_url(p, base_dir))
+        parts.append(f'<figure><a href="{url}"><img src="{url}" alt="{_h(name)}" loading="lazy"></a>'
+                     f"<figcaption>{_h(name)}</figcaption></figure>")
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
+def _items_and_previews(items: list[tuple[str, dict]], summary_keys: list[str], metric_keys: list[str],
+                        any_warnings: bool, base_dir: Path | None) -> list[str]:
+    """The item table (one ``<tr>`` per item, one ``<tbody class="items-page items-pK">`` per page) and the
+    previews (one ``<div class="items-page items-pK">`` per page).
+
+    Above ``PAGE_SIZE`` items both sit in ``<div class="paged">`` after one radio button per page (and
+    "all", "failed"); the pager's CSS (``_pager_css``, in the head) shows the chosen page only.
+    """
+    pages = _page_count(len(items))
+    previews = [_previews(it) for _, it in items]
+    n_failed = sum(1 for _, it in items if it.get("status") == "failed")
+    out: list[str] = []
+    nav = ""
+    if pages > 1:
+        out.append('<div class="paged">')
+        radios = [(f"items-p{k}", f"items {(k - 1) * PAGE_SIZE + 1:,} to {min(k * PAGE_SIZE, len(items)):,}")
+                  for k in range(1, pages + 1)] + [("items-all", "all items")]
+        if n_failed:
+            radios.append(("items-failed", "failed items only"))
+        out += [f'<input type="radio" class="pg" name="items-page" id="{i}" aria-label="{a}"'
+                f'{" checked" if i == "items-p1" else ""}>' for i, a in radios]
+        nav = _pager_nav(pages, len(items), n_failed)
+        out.append(nav)
+    header = ["id", "status", "seconds", *summary_keys, *metric_keys, *(["warnings"] if any_warnings else []),
+              "error"]
+    out.append('<div class="table-wrap"><table class="items"><thead><tr>'
+               + "".join(f"<th>{_h(h)}</th>" for h in header) + "</tr></thead>")
+    spans = [(k * PAGE_SIZE, min((k + 1) * PAGE_SIZE, len(items))) for k in range(pages)]
+    for k, (lo, hi) in enumerate(spans, 1):
+        out.append(f'<tbody class="items-page items-p{k}">' if pages > 1 else "<tbody>")
+        out += [_item_row(i + 1, *items[i], summary_keys, metric_keys, any_warnings, bool(previews[i]))
+                for i in range(lo, hi)]
+        out.append("</tbody>")
+    out.append("</table></div>")
+
+    if any(previews):
+        if pages > 1:
+            out.append('<span class="anchor" id="sec-previews"></span>')
+        out.append("<h2>Previews</h2>")
+        if pages > 1:
+            out.append(nav.replace('aria-label="item pages"', 'aria-label="item pages (previews)"'))
+            out.append('<div class="preview-pages">')
+        for k, (lo, hi) in enumerate(spans, 1):
+            block = [_item_previews(i + 1, items[i][0], str(items[i][1].get("status", "")), previews[i], base_dir)
+                     for i in range(lo, hi) if previews[i]]
+            out += [f'<div class="items-page items-p{k}">', *block, "</div>"] if pages > 1 else block
+        if pages > 1:
+            out.append("</div>")
+    if pages > 1:
+        out.append("</div>")
+    return out
+
+
 def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
     """The run report as one self-contained HTML page (inline CSS, no scripts, no external URLs).
 
-    Images are referenced by their path relative to the run folder (``base_dir``, used to turn
-    absolute paths under it into relative ones). Everything from the manifest is escaped.
+    Summary first (counts, failures, warnings, mean metrics, figures), then the item table and the
+    previews, paged with pure CSS above ``PAGE_SIZE`` items. Images are referenced by their path
+    relative to the run folder (``base_dir``, used to turn absolute paths under it into relative
+    ones). Everything from the manifest is escaped.
     """
     manifest = manifest if isinstance(manifest, dict) else {}
     items = _items(manifest)
     title = _title(manifest)
+    pager_css = _pager_css(_page_count(len(items)), any(it.get("status") == "failed" for _, it in items))
     b: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_h(title)}</title>",
         f"<style>{_CSS}</style>",
+        *([f"<style>{pager_css}</style>"] if pager_css else []),
         "</head><body>",
         f"<h1>{_h(title)}</h1>",
     ]
@@ -556,66 +715,38 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
     if _warning_count_text(items):
         cs.append(f'<span class="warnings">{_h(_warning_count_text(items))}</span>')
     b.append(f'<p class="counts">{"".join(cs)}</p>')
+    paged = _page_count(len(items)) > 1
+    toc_at, toc = len(b), []  # long reports get a line of links to their sections, filled in below
 
-    # --- items table
+    def h2(name: str) -> str:
+        if not paged:
+            return f"<h2>{name}</h2>"
+        anchor = "sec-" + re.sub(r"[^a-z]+", "-", name.lower())
+        toc.append(f'<a href="#{anchor}">{name}</a>')
+        return f'<span class="anchor" id="{anchor}"></span><h2>{name}</h2>'
+
     summary_keys = _union_keys(_flatten(it.get("summary")) for _, it in items)
     metric_keys = _union_keys(_flatten(it.get("metrics")) for _, it in items)
     any_warnings = any(_warnings(it) for _, it in items)
-    b.append("<h2>Items</h2>")
-    if items:
-        rows = []
-        for iid, it in items:
-            s, m = _flatten(it.get("summary")), _flatten(it.get("metrics"))
-            status = str(it.get("status", ""))
-            err = it.get("error")
-            cells = [("id", _h(iid)), (f"status-{_status_class(status)}", _h(status)),
-                     ("num", _h(format_seconds(it.get("seconds"))))]
-            cells += [("num" if _is_number(s.get(k)) else "", _h(format_value(s.get(k)))) for k in summary_keys]
-            cells += [("num" if _is_number(m.get(k)) else "", _h(format_metric(m.get(k)))) for k in metric_keys]
-            n_warn = len(_warnings(it))
-            if any_warnings:
-                cells.append(("num warn" if n_warn else "num", _h(n_warn) if n_warn else ""))
-            cells.append(("error", _h(_first_line(str(err))) if err else ""))
-            rows.append((_status_class(status) + (" warned" if n_warn else ""), cells))
-        header = ["id", "status", "seconds", *summary_keys, *metric_keys, *(["warnings"] if any_warnings else []),
-                  "error"]
-        b.append(_html_table(header, rows, "items"))
-    else:
-        b.append("<p>No items.</p>")
 
+    # --- summary: failures, warnings, mean metrics, figures (before the long item table)
     failed = [(iid, it) for iid, it in items if it.get("status") == "failed"]
     if failed:
-        b.append("<h2>Failed items</h2>")
-        for iid, it in failed:
-            b.append(f'<div class="failed-item"><h3>{_h(iid)}</h3>'
-                     f'<pre>{_h(str(it.get("error") or "(no error message recorded)"))}</pre></div>')
+        b.append(h2("Failed items"))
+        b += _long_list([f'<div class="failed-item"><h3>{_h(iid)}</h3>'
+                         f'<pre>{_h(str(it.get("error") or "(no error message recorded)"))}</pre></div>'
+                         for iid, it in failed], "failed items")
 
     warned = [(iid, _warnings(it)) for iid, it in items if _warnings(it)]
     if warned:
-        b.append("<h2>Warnings</h2>")
-        for iid, texts in warned:
-            b.append(f'<div class="warnings-item"><h3>{_h(iid)}</h3><ul>'
-                     + "".join(f"<li>{_h(t)}</li>" for t in texts) + "</ul></div>")
+        b.append(h2("Warnings"))
+        b += _long_list([f'<div class="warnings-item"><h3>{_h(iid)}</h3><ul>'
+                         + "".join(f"<li>{_h(t)}</li>" for t in texts) + "</ul></div>"
+                         for iid, texts in warned], "items with warnings")
 
-    # --- previews
-    with_previews = [(iid, _previews(it)) for iid, it in items]
-    with_previews = [(iid, p) for iid, p in with_previews if p]
-    if with_previews:
-        b.append("<h2>Previews</h2>")
-        for iid, paths in with_previews:
-            b.append(f"<h3>{_h(iid)}</h3>")
-            b.append('<div class="previews">')
-            for p in paths:
-                name = PurePosixPath(p.replace("\\", "/")).stem
-                b.append(f'<figure><a href="{_h(_image_url(p, base_dir))}">'
-                         f'<img src="{_h(_image_url(p, base_dir))}" alt="{_h(name)}" '
-                         f'loading="lazy"></a><figcaption>{_h(name)}</figcaption></figure>')
-            b.append("</div>")
-
-    # --- mean metrics
     stats, names, table, labels_text = _mean_metrics(manifest)
     if names or labels_text:
-        b.append("<h2>Metrics</h2>")
+        b.append(h2("Metrics"))
     if names:
         rows = [("", [("", _h(n)), *(("num", _h(format_metric(table[s].get(n)))) for s in stats)]) for n in names]
         b.append(_html_table(["metric", *stats], rows, "metrics"))
@@ -624,14 +755,23 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
 
     figures = _figures(manifest)
     if figures:
-        b.append("<h2>Figures</h2>")
+        b.append(h2("Figures"))
         for p in figures:
             name = PurePosixPath(p.replace("\\", "/")).stem
             b.append(f'<figure class="figure"><img src="{_h(_image_url(p, base_dir))}" alt="{_h(name)}">'
                      f"<figcaption>{_h(name)}</figcaption></figure>")
 
+    # --- items table and previews, paged above PAGE_SIZE items
+    b.append(h2("Items"))
+    if not items:
+        b.append("<p>No items.</p>")
+    else:
+        b += _items_and_previews(items, summary_keys, metric_keys, any_warnings, base_dir)
+        if paged and any(_previews(it) for _, it in items):
+            toc.append('<a href="#sec-previews">Previews</a>')
+
     # --- run details
-    b.append("<h2>Run details</h2>")
+    b.append(h2("Run details"))
     cfg = _config_text(manifest)
     if cfg:
         hash_txt = ""
@@ -643,6 +783,8 @@ def render_html(manifest: dict, *, base_dir: Path | None = None) -> str:
         b.append(_html_table(["key", "value"], [("", [("", _h(k)), ("", _h(v))]) for k, v in rows_], "kv"))
     if "schema" in manifest:
         b.append(f'<p class="meta">manifest schema {_h(manifest["schema"])}</p>')
+    if toc:
+        b.insert(toc_at, f'<nav class="toc" aria-label="sections">{" &middot; ".join(toc)}</nav>')
     b.append("</body></html>")
     return "\n".join(b) + "\n"
 
