@@ -196,6 +196,7 @@ def predict_volume(
     skip_empty: bool = False,
     fill: float = 0.0,
     progress: bool = False,
+    engine: str = "eager",
 ) -> tuple[torch.Tensor, WindowRun]:
     """3D sliding-window inference with blended windows (MONAI ``sliding_window_inference``).
 
@@ -206,6 +207,8 @@ def predict_volume(
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`.sliding_window`).
         crop_foreground / skip_empty / fill: run only where the input is nonzero; the
             output is ``fill`` elsewhere.
+        engine: what runs each window batch (:data:`imagingflows.models.engines.CONCRETE`, resolved
+            before, e.g. by :func:`~imagingflows.models.engines.choose`).
 
     Returns:
         ``(B, C_out, D, H, W)`` float32 on the CPU, same spatial size as ``image``, and a
@@ -223,8 +226,11 @@ def predict_volume(
     out_channels = int(model.config.get("out_channels") or 0)
     if skip_empty and not out_channels:
         raise ValueError(f"skip_empty needs the output channel count, which {spec.name}'s config lacks")
+    from imagingflows.models.engines import engine_module
+
+    net = model.module if engine == "eager" else engine_module(model.module, engine, spatial_dims=3)
     return run_windows(
-        model.module, image, roi_size, out_channels, device=model.device, overlap=overlap,
+        net, image, roi_size, out_channels, device=model.device, overlap=overlap,
         sw_batch_size=sw_batch_size, blend=blend, postprocess=postprocess,
         precision=resolve_precision(precision, model.device), crop_foreground=crop_foreground,
         skip_empty=skip_empty, fill=fill, progress=progress,

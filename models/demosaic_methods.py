@@ -85,30 +85,76 @@ LEARNED = {"jdd": jdd.NAME}
 JDD_DEMO = "jdd_demo"  # models/weights/jdd_demo.pt, trained by `run-flow train demosaic`
 
 
-def jdd_method(weights=None, device: str = "cpu") -> DemosaicMethod:
-    """Our JDD network from ``weights`` (default: the bundled demo weights) on ``device``, loaded once per
-    process (:func:`imagingflows.models.backend.cached_model`); ValueError when the file is not a JDD
-    checkpoint."""
-    from functools import partial
-
+def _jdd_model(weights, device: str):
     from imagingflows.models.backend import cached_model, demo_weights
 
     path = str(weights) if weights is not None else str(demo_weights(JDD_DEMO))
     lm = cached_model(path, device=device)
     if lm.spec.name != jdd.NAME:
         raise ValueError(f"{path}: a {lm.spec.name} checkpoint, not a {jdd.NAME} one")
-    return DemosaicMethod("jdd", partial(jdd.demosaic_jdd, net=lm.module.eval()), lm.module.halo,
+    return path, lm
+
+
+def _jdd_with(mosaic, pattern, *, net, run, precision, tile=1024, noise=None):
+    from imagingflows.models.engines import autocast_for
+
+    with autocast_for(precision, mosaic.device):
+        return jdd.demosaic_jdd(mosaic, pattern, net=net, tile=tile, noise=noise, run=run)
+
+
+def jdd_method(weights=None, device: str = "cpu", engine: str = "eager", precision: str = "fp32") -> DemosaicMethod:
+    """Our JDD network from ``weights`` (default: the bundled demo weights) on ``device``, loaded once per
+    process (:func:`imagingflows.models.backend.cached_model`), run by ``engine`` at ``precision``;
+    ValueError when the file is not a JDD checkpoint."""
+    from functools import partial
+
+    from imagingflows.models.engines import engine_module
+
+    path, lm = _jdd_model(weights, device)
+    net = lm.module.eval()
+    run = engine_module(net, engine) if engine != "eager" else None
+    return DemosaicMethod("jdd", partial(_jdd_with, net=net, run=run, precision=precision), net.halo,
                           "JDD: our joint demosaick-denoise network (noise-level input, any Bayer pattern)",
                           "imagingflows (models/jdd.py; trained by run-flow train demosaic)", denoises=True,
                           weights=(path, lm.weights_sha256))
 
 
-def get_method(name: str, *, weights=None, device: str = "cpu") -> DemosaicMethod:
-    """The method called ``name``; ValueError with a "did you mean" hint otherwise. ``weights`` and
-    ``device`` apply to the methods that run a checkpoint (``jdd``)."""
+def engine_target(name: str, *, weights=None, device: str = "cpu"):
+    """The network a learned method runs, as :func:`imagingflows.models.engines.choose` measures it
+    (:class:`~imagingflows.models.engines.EngineTarget`); None for a method without one (classical)."""
+    from imagingflows.models.engines import EngineRule, EngineTarget, measure_input
+
     key = str(name).strip().lower()
     if key == "jdd":
-        return jdd_method(weights, device)
+        _, lm = _jdd_model(weights, device)
+        side = 256  # a multiple of 4, as the network needs; channel 2 is a flat noise level
+        x = torch.cat([measure_input(1, side), torch.full((1, 1, side, side), 0.02)], 1)
+        return EngineTarget.of(lm, (x,))
+    if key == "demosaicnet":
+        from hashlib import sha256
+
+        net = demosaicnet.load_demosaicnet(device)
+        digest = sha256(demosaicnet.package_weights().read_bytes()).hexdigest()
+        return EngineTarget(net, EngineRule(demosaicnet.AGREEMENT), {}, torch.device(device), digest,
+                            demosaicnet.engine_inputs(), "forward_valid")
+    return None
+
+
+def get_method(name: str, *, weights=None, device: str = "cpu", engine: str = "eager",
+               precision: str = "fp32") -> DemosaicMethod:
+    """The method called ``name``; ValueError with a "did you mean" hint otherwise. ``weights`` applies to
+    the methods that run a checkpoint (``jdd``); ``device``, ``engine`` (resolved, e.g. by
+    :func:`imagingflows.models.engines.choose` on :func:`engine_target`) and ``precision`` (``fp32``,
+    ``bf16``, ``fp16`` autocast) to the learned ones (``jdd``, ``demosaicnet``)."""
+    from functools import partial
+
+    key = str(name).strip().lower()
+    if key == "jdd":
+        return jdd_method(weights, device, engine, precision)
+    if key == "demosaicnet" and (engine != "eager" or precision != "fp32"):
+        base = METHODS[key]
+        return DemosaicMethod(base.name, partial(demosaicnet.demosaic_demosaicnet, engine=engine, precision=precision),
+                              base.halo, base.description, base.reference)
     if key in METHODS:
         return METHODS[key]
     close = difflib.get_close_matches(key, list_methods(), n=1)

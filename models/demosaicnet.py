@@ -40,12 +40,14 @@ import importlib.metadata
 import importlib.util
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from imagingflows.models.cfa import masks, pattern_of_crop
 from imagingflows.models.demosaic_tiling import check_mosaic, mirror_index, tile_steps
+from imagingflows.models.registry import Agreement
 
 NAME = "demosaicnet"
 NATIVE_PATTERN = "GRBG"  # demosaicnet/mosaic.py ``bayer``: G r / b G
@@ -175,15 +177,18 @@ class DemosaicNetBayer(nn.Module):
         cropped = x[..., d[0]:d[0] + upsampled.shape[-2], d[1]:d[1] + upsampled.shape[-1]]
         return self.fullres_processor(torch.cat([cropped, upsampled], 1))
 
-    def forward(self, mosaic: torch.Tensor, pattern: str = NATIVE_PATTERN, *, tile: int | None = 1024) -> torch.Tensor:
+    def forward(self, mosaic: torch.Tensor, pattern: str = NATIVE_PATTERN, *, tile: int | None = 1024,
+                valid: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Demosaick ``(B, 1, H, W)`` (any Bayer pattern, H and W even) -> ``(B, 3, H, W)``.
 
         ``tile``: side of the region one step reads, context included (its core, ``tile - 2 halo``
         rounded down to even, must be >= 2; halo 32 for depth 15); None runs the whole image at
         once. Tiles agree with the untiled result to float rounding (the convolution routine may
-        differ by size).
+        differ by size). ``valid``: what runs :meth:`forward_valid` on each window (an inference engine,
+        :func:`imagingflows.models.engines.engine_module` with ``method="forward_valid"``); default itself.
         """
         pattern = check_mosaic(mosaic, pattern, NAME)
+        valid = valid or self.forward_valid
         halo = self.crop + 1
         b, _, h, w = mosaic.shape
         step_h, step_w = tile_steps(tile, halo, (h, w), NAME)
@@ -194,7 +199,7 @@ class DemosaicNetBayer(nn.Module):
             for c0 in range(0, w, step_w):
                 c1 = min(w, c0 + step_w)
                 x, top, left = _window(mosaic, pattern, r0, r1, c0, c1, halo)
-                y = self.forward_valid(x.to(param.dtype if param.is_floating_point() else x.dtype))
+                y = valid(x.to(param.dtype if param.is_floating_point() else x.dtype))
                 out[:, :, r0:r1, c0:c1] = y[..., top:top + r1 - r0, left:left + c1 - c0].to(mosaic.dtype)
         return out
 
@@ -210,13 +215,33 @@ def load_demosaicnet(device: torch.device | str = "cpu", dtype: torch.dtype = to
     return _CACHE[key]
 
 
-def demosaic_demosaicnet(mosaic: torch.Tensor, pattern: str, *, tile: int | None = 1024) -> torch.Tensor:
+def demosaic_demosaicnet(mosaic: torch.Tensor, pattern: str, *, tile: int | None = 1024, engine: str = "eager",
+                         precision: str = "fp32") -> torch.Tensor:
     """The classical methods' signature: ``(B, 1, H, W)`` float, pattern -> ``(B, 3, H, W)``.
 
-    Runs the released weights in float32 on the mosaic's device (float64 input is computed in
-    float32 and returned as float64), without gradients.
+    Runs the released weights on the mosaic's device (float64 input is computed in float32 and
+    returned as float64), without gradients; ``engine`` (:data:`imagingflows.models.engines.CONCRETE`)
+    and ``precision`` (``fp32``, ``bf16`` or ``fp16`` autocast) as resolved by the caller.
     """
+    from imagingflows.models.engines import autocast_for, engine_module
+
     check_mosaic(mosaic, pattern, NAME)
     model = load_demosaicnet(mosaic.device)
-    with torch.no_grad():
-        return model(mosaic, pattern, tile=tile)
+    valid = engine_module(model, engine, method="forward_valid") if engine != "eager" else None
+    with torch.no_grad(), autocast_for(precision, mosaic.device):
+        return model(mosaic, pattern, tile=tile, valid=valid)
+
+
+#: how close another engine's (or precision's) output must be to eager float32 (issue 13)
+AGREEMENT = Agreement("psnr_db", 50.0)
+
+
+def engine_inputs(side: int = 256) -> tuple[torch.Tensor]:
+    """What an engine is measured on: one masked GRBG window ``(1, 3, s, s)`` (``s`` = ``side`` + the
+    network's crop on each side, even), as :meth:`DemosaicNetBayer.forward` feeds ``forward_valid``."""
+    from imagingflows.models.engines import measure_input
+
+    s = side + 2 * (2 * 15 + 1) + 1
+    s += s % 2
+    rgb = measure_input(3, s)
+    return (rgb * masks(NATIVE_PATTERN, s, s, dtype=rgb.dtype),)

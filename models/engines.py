@@ -1,10 +1,14 @@
-"""Inference engines for a loaded 2D network: eager, channels-last, torch.compile, and a measured ``auto``.
+"""Inference engines for a loaded network: eager, channels-last, torch.compile, and a measured ``auto``.
+
+Any network whose first input is an image batch ``(B, C, H, W)`` or volume batch ``(B, C, D, H, W)``;
+other inputs (Scale-MAE's ``res``) pass through unchanged, and a method other than ``forward``
+(``forward_features``, ``forward_valid``) can be the one that runs (``method=``).
 
 An engine changes how a network's forward runs, never what it computes beyond float rounding:
 
 - ``eager``: the module as built (the reference).
 - ``channels-last``: a copy of the module and every input in ``torch.channels_last`` memory format
-  (oneDNN's preferred layout for convolutions on CPUs).
+  (``channels_last_3d`` for volumes; oneDNN's preferred layout for convolutions on CPUs).
 - ``compile``: ``torch.compile`` with the inductor backend on a channels-last copy of the module
   (channels-last inputs too: 1.3-1.7x faster than compiling NCHW for the demo NAFNet; ``freezing``: weights
   folded in as constants, as inductor recommends for CPU inference; dynamic shapes after the second
@@ -151,8 +155,27 @@ def _plain_pools(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+class BoundMethod(torch.nn.Module):
+    """``inner.<method>(*args)`` as a module's ``forward`` (so that an engine can run, copy and compile it)."""
+
+    def __init__(self, inner: torch.nn.Module, method: str) -> None:
+        super().__init__()
+        if not callable(getattr(inner, method, None)):
+            raise ValueError(f"{type(inner).__name__} has no method {method!r}")
+        self.inner = inner
+        self.method = method
+
+    def forward(self, *args: Any) -> Any:
+        return getattr(self.inner, self.method)(*args)
+
+
+def _memory_format(ndim: int) -> torch.memory_format:
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
 class EngineModule(torch.nn.Module):
-    """``inner`` run by one engine: ``(B, C, H, W)`` -> what ``inner`` returns.
+    """``inner`` run by one engine: ``(B, C, H, W)`` or ``(B, C, D, H, W)`` (then any other inputs, passed
+    as they are) -> what ``inner`` returns.
 
     ``inner`` (the eager module, shared with the backend's cache) is the only registered submodule,
     so ``parameters()`` and the pools that :func:`~imagingflows.models.global_pool.global_pools` finds are
@@ -161,7 +184,8 @@ class EngineModule(torch.nn.Module):
     :attr:`fallback`; an error that eager raises too is the caller's.
     """
 
-    def __init__(self, inner: torch.nn.Module, engine: str, fallback: str | None = None) -> None:
+    def __init__(self, inner: torch.nn.Module, engine: str, fallback: str | None = None,
+                 spatial_dims: int = 2) -> None:
         super().__init__()
         if engine not in CONCRETE:
             raise ValueError(f"engine must be one of {', '.join(CONCRETE)}, got {engine!r}")
@@ -171,8 +195,9 @@ class EngineModule(torch.nn.Module):
         self.__dict__["_fast"] = None  # not a submodule (see the class doc)
         self._lock = threading.Lock()
         self._seen: set[tuple] = set()
+        self.memory_format = _memory_format(spatial_dims + 2)
         if engine != "eager" and fallback is None:
-            self.__dict__["_fast"] = self._build(inner, engine)
+            self.__dict__["_fast"] = self._build(inner, engine, self.memory_format)
 
     @property
     def used(self) -> str:
@@ -180,8 +205,8 @@ class EngineModule(torch.nn.Module):
         return "eager" if self.fallback is not None else self.engine
 
     @staticmethod
-    def _build(inner: torch.nn.Module, engine: str) -> Callable:
-        fast = _plain_pools(copy.deepcopy(inner)).eval().to(memory_format=torch.channels_last)
+    def _build(inner: torch.nn.Module, engine: str, memory_format: torch.memory_format) -> Callable:
+        fast = _plain_pools(copy.deepcopy(inner)).eval().to(memory_format=memory_format)
         if engine == "channels-last":
             return fast
         use_inductor_cache()
@@ -192,23 +217,27 @@ class EngineModule(torch.nn.Module):
         # dynamic=None: static for the first input size, dynamic from the second (no recompile per size)
         return torch.compile(fast, backend="inductor", dynamic=None, options={"freezing": True})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *rest: Any) -> Any:
         fast = self.__dict__["_fast"]
         if fast is None or self.fallback is not None or _pool_session_active():
-            return self.inner(x)
-        nhwc = x.contiguous(memory_format=torch.channels_last)  # compile too: measured faster than NCHW on CPU
+            return self.inner(x, *rest)
+        if x.dim() in (4, 5):  # compile too: measured faster than NCHW on CPU
+            x_fast = x.contiguous(memory_format=_memory_format(x.dim()))
+        else:
+            x_fast = x
         if self.engine == "channels-last":
-            return fast(nhwc)
-        key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
+            return fast(x_fast, *rest)
+        key = (tuple(x.shape), x.dtype, *(tuple(r.shape) for r in rest if isinstance(r, torch.Tensor)),
+               torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
         try:
             if key in self._seen:
-                return fast(nhwc)
+                return fast(x_fast, *rest)
             with self._lock:  # dynamo compiles one graph at a time; known shapes run without the lock
-                y = fast(nhwc)
+                y = fast(x_fast, *rest)
                 self._seen.add(key)
                 return y
         except Exception as e:  # noqa: BLE001 - any compile failure: eager decides whether x is bad
-            y = self.inner(x)
+            y = self.inner(x, *rest)
             self.fallback = f"torch.compile failed, eager used: {type(e).__name__}: {str(e).strip()[:300]}"
             return y
 
@@ -217,8 +246,10 @@ _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, EngineModule]]" 
 _ENGINES_LOCK = threading.Lock()
 
 
-def engine_module(net: torch.nn.Module, engine: str) -> EngineModule:
-    """The process-wide :class:`EngineModule` of ``net`` for ``engine`` (built, and compiled, once).
+def engine_module(net: torch.nn.Module, engine: str, *, method: str = "forward",
+                  spatial_dims: int = 2) -> EngineModule:
+    """The process-wide :class:`EngineModule` of ``net`` (its ``method``) for ``engine`` (built, and
+    compiled, once). ``spatial_dims``: 3 for a volume network (``channels_last_3d``).
 
     ``compile`` without a C++ compiler gives an eager module whose :attr:`~EngineModule.fallback` says so.
     """
@@ -227,10 +258,11 @@ def engine_module(net: torch.nn.Module, engine: str) -> EngineModule:
                          f"got {engine!r}")
     with _ENGINES_LOCK:
         per_net = _ENGINES.setdefault(net, {})
-        if engine not in per_net:
+        if (engine, method) not in per_net:
             why = find_cxx()[1] if engine == "compile" else None
-            per_net[engine] = EngineModule(net, engine, fallback=why or None)
-        return per_net[engine]
+            inner = net if method == "forward" else BoundMethod(net, method)
+            per_net[(engine, method)] = EngineModule(inner, engine, fallback=why or None, spatial_dims=spatial_dims)
+        return per_net[(engine, method)]
 
 
 def clear_engines() -> None:
@@ -248,16 +280,17 @@ def device_label(device: torch.device) -> str:
     return f"cpu:{torch.backends.cpu.get_cpu_capability()}"
 
 
-def measure_input(channels: int, side: int, grid: int = 1, seed: int = 0) -> torch.Tensor:
-    """A deterministic ``(1, channels, s, s)`` float32 image in [0, 1] (smooth ramps plus texture and
-    noise, so that every operator sees structure), ``s`` = ``side`` rounded up to ``grid``."""
+def measure_input(channels: int, side: int, grid: int = 1, seed: int = 0, dims: int = 2) -> torch.Tensor:
+    """A deterministic ``(1, channels, s, s)`` (``dims`` 3: ``(1, channels, s, s, s)``) float32 image in
+    [0, 1] (smooth ramps plus texture and noise, so that every operator sees structure), ``s`` = ``side``
+    rounded up to ``grid``."""
     s = -(-int(side) // int(grid)) * int(grid)
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, s), torch.linspace(0, 1, s), indexing="ij")
+    *zz, yy, xx = torch.meshgrid(*[torch.linspace(0, 1, s)] * dims, indexing="ij")
     planes = []
     for c in range(channels):
-        ramp = 0.5 + 0.35 * torch.sin(6.0 * (xx * (c + 1) + yy * (2 - c % 2)))
-        planes.append(ramp + 0.08 * torch.randn(s, s, generator=g))
+        phase = xx * (c + 1) + yy * (2 - c % 2) + sum(z * (c + 2) for z in zz)
+        planes.append(0.5 + 0.35 * torch.sin(6.0 * phase) + 0.08 * torch.randn(*[s] * dims, generator=g))
     return torch.stack(planes)[None].clamp(0, 1)
 
 
@@ -280,8 +313,9 @@ class Measurement:
 
 
 def cache_key(weights_sha256: str | None, net: torch.nn.Module, engine: str, precision: str,
-              device: torch.device, shape: tuple[int, ...]) -> dict:
-    """What one measurement depends on (a fresh network without weights file: a hash of its tensors)."""
+              device: torch.device, shape: tuple[int, ...] | list, method: str = "forward") -> dict:
+    """What one measurement depends on (a fresh network without weights file: a hash of its tensors).
+    ``shape``: the first input's shape, or a list of every input's."""
     ident = weights_sha256
     if not ident:
         h = hashlib.sha256()
@@ -289,8 +323,11 @@ def cache_key(weights_sha256: str | None, net: torch.nn.Module, engine: str, pre
             h.update(name.encode())
             h.update(t.detach().float().cpu().numpy().tobytes())
         ident = "tensors:" + h.hexdigest()
-    return {"schema": SCHEMA, "weights_sha256": ident, "engine": engine, "precision": precision,
-            "torch": torch.__version__, "device": device_label(device), "shape": list(shape)}
+    key = {"schema": SCHEMA, "weights_sha256": ident, "engine": engine, "precision": precision,
+           "torch": torch.__version__, "device": device_label(device), "shape": list(shape)}
+    if method != "forward":
+        key["method"] = method
+    return key
 
 
 def _cache_file(key: dict) -> Path:
@@ -333,45 +370,57 @@ def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return y, time.perf_counter() - t
 
 
-def _run(module: torch.nn.Module, x: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
-    autocast = _AUTOCAST.get(precision)
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=autocast,
-                                                enabled=autocast is not None):
-        return module(x).float()
+def autocast_for(precision: str, device: torch.device | str) -> torch.autocast:
+    """The autocast context of a resolved precision (``fp32``: disabled; ``bf16``, ``fp16``)."""
+    dtype = _AUTOCAST.get(precision)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def _run(module: torch.nn.Module, inputs: tuple, precision: str, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(), autocast_for(precision, device):
+        return module(*inputs).float()
 
 
 def measure(net: torch.nn.Module, spec: Any, config: dict, *, engines: tuple[str, ...] = CONCRETE,
             precision: str = "fp32", device: torch.device = torch.device("cpu"),
             weights_sha256: str | None = None, side: int = MEASURE_SIDE, repeat: int = 2,
-            use_cache: bool = True) -> dict[str, Measurement]:
+            use_cache: bool = True, inputs: tuple[torch.Tensor, ...] | None = None,
+            method: str = "forward") -> dict[str, Measurement]:
     """Time each of ``engines`` on ``net`` and check its agreement with eager float32 (cached).
 
     Args:
-        net: the eval-mode network ``(1, C, s, s) -> (1, C_out, s', s')`` on ``device``.
+        net: the eval-mode network on ``device``: ``net.<method>(*inputs)`` -> one tensor.
         spec / config: its :class:`~imagingflows.models.registry.ModelSpec` (``agreement``, channels,
-            grid) and config. A spec without a rule: agreement is not measured (``agrees`` None).
+            grid, ``spatial_dims``) and config. A spec without a rule: agreement is not measured (``agrees`` None).
         precision: resolved precision (``fp32``, ``bf16``, ``fp16``) the engines run in.
+        inputs: what the pipeline will feed (its shapes key the cache); default one ``(1, C, s, s)``
+            image of :func:`measure_input`, ``s`` = ``side`` on the network's grid.
     Returns:
         ``{engine: Measurement}`` in the order of ``engines``.
     """
     device = torch.device(device)
-    channels = spec.channels_of(config) or 3
-    x = measure_input(channels, side, spec.grid_of(config)).to(device)
+    if inputs is None:
+        channels = spec.channels_of(config) or 3
+        inputs = (measure_input(channels, side, spec.grid_of(config)),)
+    inputs = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in inputs)
+    shapes = [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
+    shape: Any = shapes[0] if len(shapes) == 1 else shapes  # one input: the key of earlier versions
+    dims = int(getattr(spec, "spatial_dims", 2) or 2)
     rule = getattr(spec, "agreement", None)
     reference = None
     out: dict[str, Measurement] = {}
     for engine in engines:
-        key = cache_key(weights_sha256, net, engine, precision, device, tuple(x.shape))
+        key = cache_key(weights_sha256, net, engine, precision, device, shape, method)
         path = _cache_file(key)
         cached, why = _read_cached(path, key) if use_cache else (None, None)
         if cached is not None:
             out[engine] = cached
             continue
         if reference is None:
-            reference = _run(net, x, "fp32", device)
-        module = engine_module(net, engine)
-        y, first = _timed(lambda: _run(module, x, precision, device))
-        best = min(_timed(lambda: _run(module, x, precision, device))[1] for _ in range(max(1, repeat)))
+            reference = _run(engine_module(net, "eager", method=method, spatial_dims=dims), inputs, "fp32", device)
+        module = engine_module(net, engine, method=method, spatial_dims=dims)
+        y, first = _timed(lambda: _run(module, inputs, precision, device))
+        best = min(_timed(lambda: _run(module, inputs, precision, device))[1] for _ in range(max(1, repeat)))
         m = Measurement(engine=engine, used=module.used, first_seconds=round(first, 4), seconds=round(best, 5),
                         fallback=module.fallback, rebuilt=why)
         if rule is not None:
@@ -386,6 +435,35 @@ def measure(net: torch.nn.Module, spec: Any, config: dict, *, engines: tuple[str
 
 
 # ----------------------------------------------------------------------------- choosing
+
+@dataclass(frozen=True)
+class EngineRule:
+    """What the engines need of a network without a :class:`~imagingflows.models.registry.ModelSpec`
+    (DemosaicNet, whose weights are a package's): its agreement rule and spatial dims."""
+
+    agreement: Any
+    spatial_dims: int = 2
+
+
+@dataclass
+class EngineTarget:
+    """One network as a pipeline will call it: ``net.<method>(*inputs)`` (``inputs``: what it is measured on,
+    None = one image at :data:`MEASURE_SIDE`), with its spec (or :class:`EngineRule`), config, device and
+    weights hash (the cache key)."""
+
+    net: torch.nn.Module
+    spec: Any
+    config: dict
+    device: torch.device
+    weights_sha256: str | None
+    inputs: tuple | None = None
+    method: str = "forward"
+
+    @classmethod
+    def of(cls, lm: Any, inputs: tuple | None = None, method: str = "forward") -> "EngineTarget":
+        """From a :class:`~imagingflows.models.backend.LoadedModel`."""
+        return cls(lm.module, lm.spec, dict(lm.config), lm.device, lm.weights_sha256, inputs, method)
+
 
 @dataclass
 class EngineChoice:
@@ -409,13 +487,15 @@ class EngineChoice:
 
 def choose(net: torch.nn.Module, spec: Any, config: dict, requested: str, *, precision: str = "fp32",
            device: torch.device = torch.device("cpu"), weights_sha256: str | None = None,
-           side: int = MEASURE_SIDE) -> EngineChoice:
+           side: int = MEASURE_SIDE, inputs: tuple[torch.Tensor, ...] | None = None,
+           method: str = "forward") -> EngineChoice:
     """Resolve ``requested`` (one of :data:`ENGINES`) for this model, precision and device.
 
     ``eager`` needs no measurement. An explicit engine is measured (cached) so that the record says
     whether it agrees; ``compile`` without a compiler, or failing, falls back to eager with the reason.
     ``auto`` measures every engine and takes the fastest that agrees (by at least :data:`AUTO_MARGIN`
-    of eager's time; eager otherwise); never one whose agreement is unknown.
+    of eager's time; eager otherwise); never one whose agreement is unknown. ``inputs`` / ``method``:
+    as :func:`measure`.
     """
     if requested not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {requested!r}")
@@ -423,9 +503,10 @@ def choose(net: torch.nn.Module, spec: Any, config: dict, requested: str, *, pre
     label = rule.describe() if rule is not None else None
     if requested == "eager":
         return EngineChoice(requested, "eager", "asked for", agrees=True, rule=label)
-    engines = CONCRETE if requested == "auto" else ("eager", requested)
+    candidates = getattr(spec, "engine_candidates", None) or CONCRETE
+    engines = tuple(dict.fromkeys(("eager", *candidates))) if requested == "auto" else ("eager", requested)
     found = measure(net, spec, config, engines=engines, precision=precision, device=device,
-                    weights_sha256=weights_sha256, side=side)
+                    weights_sha256=weights_sha256, side=side, inputs=inputs, method=method)
     records = {k: v.as_dict() for k, v in found.items()}
     if requested != "auto":
         m = found[requested]
@@ -442,8 +523,9 @@ def choose(net: torch.nn.Module, spec: Any, config: dict, requested: str, *, pre
     skipped = "; ".join(f"{k}: {v.fallback or ('disagrees: ' + str(v.agreement))}" for k, v in found.items()
                         if k != "eager" and (v.fallback or not v.agrees))
     if best is not None and ok[best].seconds <= (1 - AUTO_MARGIN) * eager:
+        what = f"the {side}-pixel measurement input" if inputs is None else "the measurement input"
         reason = (f"fastest that agrees: {best} {ok[best].seconds:.4g} s vs eager {eager:.4g} s per forward of "
-                  f"the {side}-pixel measurement input ({label}: {ok[best].agreement} vs eager fp32)")
+                  f"{what} ({label}: {ok[best].agreement} vs eager fp32)")
         used = best
     else:
         reason = "eager: no engine that agrees was faster by " + f"{AUTO_MARGIN:.0%}" + " or more"
@@ -454,5 +536,7 @@ def choose(net: torch.nn.Module, spec: Any, config: dict, requested: str, *, pre
                         measurements=records)
 
 
-__all__ = ["ENGINES", "CONCRETE", "CACHE_ENV", "CXX_ENV", "cache_root", "engines_dir", "find_cxx", "EngineModule",
-           "engine_module", "clear_engines", "measure", "Measurement", "EngineChoice", "choose", "measure_input"]
+__all__ = ["ENGINES", "CONCRETE", "CACHE_ENV", "CXX_ENV", "cache_root", "engines_dir", "find_cxx", "BoundMethod",
+           "EngineModule",
+           "engine_module", "clear_engines", "measure", "Measurement", "EngineChoice", "choose", "measure_input",
+           "EngineRule", "EngineTarget", "autocast_for"]

@@ -26,7 +26,7 @@ the noise std per pixel), H and W multiples of 4, and returns ``(B, 3, H, W)``, 
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -179,7 +179,7 @@ def _round_up(n: int, k: int) -> int:
 
 
 def demosaic_jdd(mosaic: torch.Tensor, pattern: str, *, net: JDDNet, tile: int | None = 1024,
-                 noise=None) -> torch.Tensor:
+                 noise=None, run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Demosaick and denoise ``(B, 1, H, W)`` (any Bayer pattern, H and W even) -> ``(B, 3, H, W)``.
 
     Each tile's core (``tile - 2 halo`` pixels rounded down to a multiple of 4, ``halo = net.halo``: 60
@@ -187,7 +187,8 @@ def demosaic_jdd(mosaic: torch.Tensor, pattern: str, *, net: JDDNet, tile: int |
     context above and the rest below, so the window starts on an RGGB block, its sides rounded up to
     multiples of 4; mirrored beyond the image (CFA parity kept). ``noise``: see :func:`noise_map`
     (estimated once per image, not per tile). Runs in the network's dtype on the
-    mosaic's device, without gradients; returns the mosaic's dtype.
+    mosaic's device, without gradients; returns the mosaic's dtype. ``run``: what runs ``net`` on each
+    window (an inference engine, :func:`imagingflows.models.engines.engine_module`); default ``net``.
     """
     pattern = check_mosaic(mosaic, pattern, NAME)
     b, _, h, w = mosaic.shape
@@ -208,7 +209,7 @@ def demosaic_jdd(mosaic: torch.Tensor, pattern: str, *, net: JDDNet, tile: int |
                 cols = mirror_index(c0 - halo - dx, c0 - halo - dx + _round_up(c1 - c0 + 2 * halo, MULTIPLE), w,
                                     mosaic.device)
                 window = torch.cat([t.index_select(-2, rows).index_select(-1, cols) for t in (mosaic, levels)], 1)
-                y = net(window.to(param.dtype))
+                y = (run or net)(window.to(param.dtype))
                 top, left = halo + dy, halo + dx
                 out[:, :, r0:r1, c0:c1] = y[..., top:top + r1 - r0, left:left + c1 - c0].to(mosaic.dtype)
     return out

@@ -19,11 +19,12 @@ class Agreement:
 
     Kinds: ``psnr_db`` (PSNR in dB, peak 1, both outputs clipped to [0, 1] as the writers clip them; equal
     outputs read 200, not infinity, so the value stays JSON), ``cosine`` (cosine similarity of the
-    flattened outputs), ``fraction_equal`` (share of equal labels after argmax over channels). The
-    value must be ``>= threshold``.
+    flattened outputs), ``fraction_equal`` (share of equal labels after argmax over channels),
+    ``labels_equal`` (share of voxels whose thresholded multi-label outputs, logit > 0 in every channel,
+    are the same: sigmoid networks such as the BraTS regions). The value must be ``>= threshold``.
     """
 
-    kind: Literal["psnr_db", "cosine", "fraction_equal"]
+    kind: Literal["psnr_db", "cosine", "fraction_equal", "labels_equal"]
     threshold: float
 
     def measure(self, reference: Any, candidate: Any) -> float:
@@ -41,6 +42,8 @@ class Agreement:
                                                                got.flatten()[None].double()))
         if self.kind == "fraction_equal":
             return float((ref.argmax(1) == got.argmax(1)).double().mean())
+        if self.kind == "labels_equal":
+            return float(((ref > 0) == (got > 0)).all(1).double().mean())
         raise ValueError(f"unknown agreement kind {self.kind!r}")
 
     def holds(self, value: float) -> bool:
@@ -85,6 +88,8 @@ class ModelSpec:
         agreement: how close another inference engine's output must be to the eager float32 output
             (:mod:`imagingflows.models.engines` measures it; ``auto`` only picks an engine that holds it).
             None: no rule, so ``auto`` keeps eager.
+        engine_candidates: the engines ``auto`` measures (None: every one); an explicitly requested
+            engine runs anyway.
     """
 
     name: str
@@ -107,6 +112,7 @@ class ModelSpec:
     half_precision_safe: bool = True
     value_range: tuple[float, float] = (0.0, 1.0)
     agreement: Agreement | None = None
+    engine_candidates: tuple[str, ...] | None = None
 
     def channels_of(self, config: Mapping[str, Any]) -> int | None:
         return int(self.in_channels(config)) if self.in_channels else None

@@ -28,6 +28,7 @@ from imagingflows.pipelines import classify_evaluate as scoring
 from imagingflows.pipelines.base import Pipeline, part_of
 from imagingflows.pipelines.classify_options import ClassifyRun
 from imagingflows.pipelines.classify_patch_train import PatchTrain
+from imagingflows.pipelines.engine_choice import choose_engine, engine_of
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing import (
     ENCODERS, check_not_empty, default_batch, discover, open_scene, part_path, patch_validity, pool_tokens,
@@ -77,6 +78,8 @@ def _encoder_path(cfg: dict, meta: dict) -> str:
 
 def prepare(config: dict) -> dict:
     """Run options (:class:`ClassifyRun`) -> resolved config: head and encoder loaded once and checked."""
+    from imagingflows.models.encoder import METHOD as ENCODER_METHOD, measurement_inputs
+    from imagingflows.models.engines import EngineTarget
     from imagingflows.models import cached_model
     from imagingflows.models.sliding_window import resolve_precision
 
@@ -113,6 +116,8 @@ def prepare(config: dict) -> dict:
         pool=meta.get("pool", "cls"), normalization=meta.get("normalization"),
         precision=resolve_precision(cfg["precision"], encoder.device),
     )
+    inputs = measurement_inputs(cfg["in_channels"], tile, min(cfg["batch_size"], 8))
+    choose_engine(cfg, EngineTarget.of(encoder, inputs, ENCODER_METHOD))
     return cfg
 
 
@@ -174,7 +179,8 @@ def accumulate_scene(src, cfg: dict, stats: tuple, windows: list) -> tuple[np.nd
         predicted += len(batch)
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         valid = patch_validity(np.stack([b[2] for b in batch]), patch)  # (B, G*G)
-        tokens = encode(enc, x, torch.full((len(batch),), cfg["res"], dtype=torch.float32), cfg["precision"])
+        tokens = encode(enc, x, torch.full((len(batch),), cfg["res"], dtype=torch.float32), cfg["precision"],
+                        engine_of(cfg))
         if cfg["level"] == "tile":
             feats = torch.from_numpy(pool_tokens(tokens, valid, cfg["pool"]))
             probs = np.repeat(class_probabilities(head, feats)[:, None, :], g * g, axis=1)  # (B, G*G, K)
@@ -349,7 +355,7 @@ def pipeline() -> Pipeline:
         train=_train,
         train_options=PatchTrain,  # tile level: chips per class folder; patch level: scenes + label rasters
         derived_output_keys=("encoder_sha256", "level", "classes", "tile", "overlap", "bands", "res", "normalization",
-                             "encoder_overrides"),
+                             "encoder_overrides", "engine_outputs"),
         packages=("rasterio", "rio-cogeo", "shapely"),
         evaluate=scoring.evaluate_scene,  # class maps vs label rasters: confusion, accuracy, IoU
         evaluate_summary=scoring.summarize,  # matrices summed over scenes, the confusion-matrix picture

@@ -38,6 +38,7 @@ from imagingflows.pipelines import demosaic_evaluate as reference
 from imagingflows.pipelines.base import Pipeline
 from imagingflows.pipelines.demosaic_options import DemosaicRun
 from imagingflows.pipelines.demosaic_train_options import DemosaicTrain
+from imagingflows.pipelines.engine_choice import choose_engine, engine_of
 from imagingflows.tasks.ingest import InputError, Item
 from imagingflows.tasks.raw_io import RAW_SUFFIXES
 
@@ -80,15 +81,18 @@ def cleanup(item_id: str, out_dir: Path) -> None:
 def prepare(config: dict) -> dict:
     """Run options (:class:`DemosaicRun`) -> config: the method looked up, the device checked."""
     from imagingflows.models.backend import select_device
-    from imagingflows.models.demosaic_methods import get_method
+    from imagingflows.models.demosaic_methods import engine_target, get_method
 
     cfg = DemosaicRun.parse(config).to_config()
     if cfg["simulate"]:
         cfg["device"] = str(select_device(cfg["device"]))
         return reference.prepare_references(cfg)
     device = select_device(cfg["device"])
+    if cfg["precision"] == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (CPUs lack fast fp16 kernels); use bf16 or fp32")
     try:
         method = get_method(cfg["method"], weights=cfg.get("weights"), device=str(device))
+        target = engine_target(cfg["method"], weights=cfg.get("weights"), device=str(device))
     except FileNotFoundError as e:  # no demo weights and no --weights
         raise ValueError(str(e)) from e
     if method.name == "demosaicnet":  # its weights are the installed package's: missing is a set-up error
@@ -98,6 +102,8 @@ def prepare(config: dict) -> dict:
             package_weights()
         except DemosaicNetError as e:
             raise ValueError(str(e)) from e
+    if target is not None:  # a learned method: its engine, measured once per batch
+        choose_engine(cfg, target)
     weights, digest = method.weights or (None, None)
     cfg.update(model={"method": method.name, "description": method.description, "reference": method.reference,
                       "weights": weights}, weights_sha256=digest, device=str(device))
@@ -240,7 +246,8 @@ def _method_for(cfg: dict, pattern: str):
     if is_xtrans(pattern):
         return XTRANS
     name = cfg["method"]
-    return get_method(name, weights=cfg.get("weights") if name in LEARNED else None, device=cfg["device"])
+    return get_method(name, weights=cfg.get("weights") if name in LEARNED else None, device=cfg["device"],
+                      engine=engine_of(cfg), precision=cfg.get("precision") or "fp32")
 
 
 def process(item: Item, out_dir: Path, cfg: dict) -> dict:
@@ -317,6 +324,7 @@ def pipeline() -> Pipeline:
         expected_outputs=expected_outputs,
         run_options=DemosaicRun,
         cleanup=cleanup,
+        derived_output_keys=("engine_outputs",),
         packages=("pillow", "tifffile", "rawpy"),
         evaluate=reference.evaluate_item,  # every method's output in the item folder vs the clean reference
         evaluate_summary=reference.summarize,  # the CPSNR table (cpsnr_table.md / .csv), printed by the CLI

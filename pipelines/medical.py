@@ -36,6 +36,7 @@ import numpy as np
 
 from imagingflows.pipelines.base import Pipeline, scrub_paths
 from imagingflows.pipelines.medical_options import SegmentRun, SegmentTrain
+from imagingflows.pipelines.engine_choice import choose_engine, engine_of
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.tasks.preprocess import ModelFrame, from_model_frame, normalize_nonzero, to_model_frame
 from imagingflows.tasks.ingest import NIFTI_SUFFIXES, InputError, Item, Volume, read_volume, strip_nifti_suffix
@@ -65,7 +66,7 @@ DEMO_TRAINED_ON = (
 )
 
 #: keys prepare adds from the model that change outputs (the option fields are hashed too)
-DERIVED_OUTPUT_KEYS = ("channels", "blend", "threshold", "model_overrides")
+DERIVED_OUTPUT_KEYS = ("channels", "blend", "threshold", "model_overrides", "engine_outputs")
 
 
 # ----------------------------------------------------------------------------- discover
@@ -173,6 +174,7 @@ def prepare(config: dict) -> dict:
     """Run options (:class:`SegmentRun`) -> resolved config: the model loaded once (fails early on a
     bad checkpoint), its frame (orientation, spacing, ROI, channels) and precision resolved."""
     from imagingflows.models.backend import demo_weights
+    from imagingflows.models.engines import EngineTarget
     from imagingflows.models.sliding_window import resolve_precision
 
     cfg = SegmentRun.parse(config).to_config()
@@ -200,7 +202,21 @@ def prepare(config: dict) -> dict:
     multiple = lm.spec.size_multiple
     if any(int(r) % multiple or int(r) < lm.spec.min_size for r in cfg["roi"]):
         raise ValueError(f"roi {cfg['roi']} must be multiples of {multiple} and >= {lm.spec.min_size}")
+    windows = measurement_windows(len(channels), cfg["roi"], cfg["sw_batch_size"]) if cfg["engine"] != "eager" else None
+    choose_engine(cfg, EngineTarget.of(lm, (windows,) if windows is not None else None))
     return cfg
+
+
+def measurement_windows(channels: int, roi, batch: int):
+    """What an engine is measured on: ``(batch, channels, *roi)`` standardised windows (zero mean, unit std
+    per channel, as :func:`normalize_nonzero` feeds the network)."""
+    import torch
+
+    from imagingflows.models.engines import measure_input
+
+    cube = torch.cat([measure_input(channels, max(roi), seed=i, dims=3) for i in range(batch)])
+    cube = cube[..., :roi[0], :roi[1], :roi[2]]
+    return (cube - cube.mean((2, 3, 4), keepdim=True)) / cube.std((2, 3, 4), keepdim=True)
 
 
 # ----------------------------------------------------------------------------- read
@@ -322,7 +338,7 @@ def predict_regions(vols: list[Volume], cfg: dict) -> tuple[np.ndarray, dict]:
         model_of(cfg), x.as_tensor()[None].float(), cfg["roi"], overlap=cfg["overlap"],
         sw_batch_size=cfg["sw_batch_size"], blend=cfg["blend"], postprocess=torch.sigmoid,
         precision=cfg.get("precision", "fp32"), crop_foreground=bool(cfg.get("crop_foreground")),
-        skip_empty=bool(cfg.get("skip_empty")),
+        skip_empty=bool(cfg.get("skip_empty")), engine=engine_of(cfg),
     )
     back = from_model_frame(probs[0], img, geo)
     if back.shape[1:] != stack.shape[1:]:

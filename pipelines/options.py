@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from imagingflows.pipelines.engine_choice import DEFAULT_ENGINE, ENGINE_HELP
+
 
 class OptionError(ValueError):
     """An option value the pipeline cannot take; the message is one line naming the option."""
@@ -96,6 +98,7 @@ def describe(error: ValidationError) -> str:
 # ----------------------------------------------------------------------------- shared declarations
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Engine = Literal["eager", "auto", "channels-last", "compile"]
 
 
 class ModelOptions(Options):
@@ -110,6 +113,7 @@ class ModelOptions(Options):
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", output=False)
     precision: Precision = option("auto", "auto (bf16 where the CPU/GPU has native bf16, else fp32), fp32, "
                                           "bf16 or fp16 (CUDA).", output=True)
+    engine: Engine = option(DEFAULT_ENGINE, ENGINE_HELP, output=False)  # why not an output: pipelines/engine_choice.py
 
 
 class BatchOptions(Options):

@@ -37,6 +37,7 @@ import numpy as np
 
 from imagingflows.pipelines.base import Pipeline, part_of, parts_folder
 from imagingflows.pipelines.embed_train import EmbedTrain
+from imagingflows.pipelines.engine_choice import choose_engine, engine_of
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.remote_sensing_options import EmbedRun
 from imagingflows.tasks.ingest import InputError, Item
@@ -126,6 +127,8 @@ def _demo_encoder() -> str:
 
 def prepare(config: dict) -> dict:
     """Run options (:class:`EmbedRun`) -> resolved config: the encoder loaded once, tile, statistics checked."""
+    from imagingflows.models.encoder import METHOD as ENCODER_METHOD, measurement_inputs
+    from imagingflows.models.engines import EngineTarget
     from imagingflows.models.sliding_window import resolve_precision
 
     cfg = EmbedRun.parse(config).to_config()
@@ -157,6 +160,7 @@ def prepare(config: dict) -> dict:
                model_stats=stats, bands=cfg["bands"] or (lm.meta or {}).get("bands"),  # default: the model's own
                batch_size=cfg["batch_size"] or default_batch(tile))
     cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
+    choose_engine(cfg, EngineTarget.of(lm, measurement_inputs(channels, tile, min(cfg["batch_size"], 8)), ENCODER_METHOD))
     return cfg
 
 
@@ -307,7 +311,7 @@ def embed_scene(src, cfg: dict, stats: tuple, windows: list, features=None):
     for batch in tile_batches(src, windows, stats, cfg["batch_size"], cfg["min_valid"]):
         x = torch.from_numpy(np.stack([b[1] for b in batch]))
         valid = np.stack([b[2] for b in batch])
-        tokens = encode(lm, x, torch.full((len(batch),), res, dtype=torch.float32), cfg["precision"])
+        tokens = encode(lm, x, torch.full((len(batch),), res, dtype=torch.float32), cfg["precision"], engine_of(cfg))
         patches_valid = patch_validity(valid, cfg["patch_size"])
         pooled = pool_tokens(tokens, patches_valid, cfg["pool"])
         if features is not None:
@@ -430,7 +434,7 @@ def pipeline() -> Pipeline:
         run_options=EmbedRun,
         train=_train,
         train_options=EmbedTrain,
-        derived_output_keys=("tile", "model_stats", "model_overrides"),
+        derived_output_keys=("tile", "model_stats", "model_overrides", "engine_outputs"),
         packages=("rasterio", "geopandas", "pyarrow", "shapely"),
         split=split_scene,
         merge=merge,

@@ -61,6 +61,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from imagingflows.pipelines.base import Pipeline
+from imagingflows.pipelines.engine_choice import choose_engine, engine_of
 from imagingflows.pipelines.model_ref import model_of, resolve_model
 from imagingflows.pipelines.restoration_options import RestoreRun, RestoreTrain
 from imagingflows.tasks.collapse import check_collapse, collapse_reason  # noqa: F401 - collapse_reason: API
@@ -220,6 +221,7 @@ def _checkpoint_arch(weights: str, trust: bool) -> str:
 def prepare(config: dict) -> dict:
     """Run options (:class:`RestoreRun`) -> resolved config: the model loaded once (fails early on a
     wrong checkpoint for the task), scale, channels, whole-image budget and precision resolved."""
+    from imagingflows.models.engines import EngineTarget
     from imagingflows.models.sliding_window import resolve_precision
 
     cfg = RestoreRun.parse(config).to_config()
@@ -265,20 +267,8 @@ def prepare(config: dict) -> dict:
     # auto is resolved here, once, so run.json and the config hash name the path that ran
     cfg["precision_requested"] = cfg["precision"]
     cfg["precision"] = resolve_precision(cfg["precision"], lm.device)
-    _choose_engine(cfg, lm)
+    choose_engine(cfg, EngineTarget.of(lm))
     return cfg
-
-
-def _choose_engine(cfg: dict, lm) -> None:
-    """Resolve ``--engine`` once per batch (auto: measured, cached on disk) and record it in ``cfg``:
-    ``engine_used`` (asked for, used, why, the measurements) and ``engine_outputs`` for the config hash
-    (None unless the engine used may change outputs beyond the model's agreement rule)."""
-    from imagingflows.models.engines import choose
-
-    choice = choose(lm.module, lm.spec, lm.config, cfg["engine"], precision=cfg["precision"], device=lm.device,
-                    weights_sha256=lm.weights_sha256)
-    cfg["engine_used"] = choice.as_dict()
-    cfg["engine_outputs"] = choice.used if choice.changes_outputs else None
 
 
 def _channel_adapter(net, model_channels: int, image_channels: int):
@@ -335,7 +325,7 @@ def restore_array(color: np.ndarray, cfg: dict, white_level: int | None = None) 
     from imagingflows.models.engines import engine_module
 
     lm = model_of(cfg)
-    engine = engine_module(lm.module, (cfg.get("engine_used") or {}).get("used") or "eager")
+    engine = engine_module(lm.module, engine_of(cfg))
     net, note = _channel_adapter(engine, int(cfg["model_channels"]), int(color.shape[2]))
     notes = [note] if note else []
     precision = cfg.get("precision", "fp32")

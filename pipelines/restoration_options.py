@@ -32,12 +32,6 @@ class RestoreRun(ModelOptions):
         None, "The largest value the data can take (e.g. 1023 for 10-bit data in 16-bit files). Default: from "
               "the file (PNG sBIT, TIFF tags), else the container's maximum.", unit="counts", ge=1, le=65535,
         output=True)
-    engine: Literal["eager", "auto", "channels-last", "compile"] = option(
-        "eager", "How the network runs: eager (PyTorch as is), channels-last (NHWC memory format), compile "
-                 "(torch.compile, inductor; needs a C++ compiler, else eager with the reason in run.json) or auto "
-                 "(the fastest engine measured to agree with eager fp32 within the model's rule, e.g. 50 dB PSNR; "
-                 "measured once per model, device and torch version and cached in ~/.cache/imagingflows/engines "
-                 "or $IMAGINGFLOWS_CACHE).", output=False)
     collapse_check: bool = option(True, "Fail an item whose output collapsed (blank, flat or far darker than "
                                         "its input).", output=False)
 
@@ -46,14 +40,6 @@ class RestoreRun(ModelOptions):
         if self.task != "sr" and self.scale not in (None, 1):
             raise ValueError(f"--scale {self.scale} applies to --task sr only; {self.task} keeps the image size")
         return self
-
-
-#: Why ``engine`` is not an output field: an engine changes outputs by float rounding only, like the thread
-#: count, and an engine that keeps the model's agreement rule (measured, :mod:`imagingflows.models.engines`)
-#: must not redo a resumed batch. What prepare resolves is hashed instead (``engine_outputs``): None when
-#: the engine used is eager or measured to agree, its name when it may change outputs beyond the rule.
-#: The default is eager for now: auto's first measurement compiles the model (tens of seconds on 2 cores),
-#: which a batch of a few images (and the test suite) would pay every time the weights change.
 
 
 class RestoreTrain(TrainOptions):
