@@ -8,16 +8,23 @@ Before serving, the server is checked (reachable, a valid cron); after the deplo
 is registered, a background check waits for the server's scheduler to create runs for
 it and says so, or says clearly that none appeared (a scheduler that fails silently,
 as Prefect 3.8.8's did with SQLAlchemy 2.1, otherwise looks exactly like a quiet night).
+
+:func:`run_batch` is one run as the server sees it, shared with the work-pool deployments
+(``flows/deployments.py``, ``prefect.yaml``): the item lines in the run's logs, a final state
+whose message gives the counts (Failed when an item failed or nothing could run), the item
+table, report and progress artifacts from ``flows/run.py`` on its ``imagingflows-run`` child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect import flow
 
@@ -30,11 +37,84 @@ SCHEDULE_CHECK_SECONDS = 120.0
 
 @flow(name="imagingflows-scheduled")
 def scheduled_run(pipeline: str, input_dir: str, output_dir: str, options: dict[str, Any],
-                  runner: str = "thread", workers: int = 1) -> dict:
+                  runner: str = "thread", workers: int = 1, resume: bool = True):
     """One scheduled batch: ``options`` are the pipeline's run options (the deployment's form
-    shows them typed, see :func:`parameter_schema`); always resumes."""
-    plan = plan_run(pipeline, input_dir, output_dir, options)
-    return execute(plan, resume=True, runner=runner, workers=workers)
+    shows them typed, see :func:`parameter_schema`); resumes unless ``resume`` is false."""
+    return run_batch(pipeline, input_dir, output_dir, options, resume=resume, runner=runner, workers=workers)
+
+
+def run_batch(pipeline: str, input_dir: str, output_dir: str, options: dict, *, resume: bool = True,
+              runner: str = "thread", workers: int = 1):
+    """Plan and run one batch inside a flow run (served or on a work pool); returns its final state.
+
+    The ``imagingflows`` log lines (each item done, failed or skipped as up to date) go to the
+    server as the run's logs, and a summary line ends them. The state is Completed with the
+    counts as its message ("3 done, 0 failed, 2 skipped (up to date)"; "all 5 items up to date:
+    nothing to do" when resume finds everything done), or Failed when an item failed (the rest
+    are done, as the CLI's exit 1) or nothing could run (input folder gone, bad options, the
+    output folder in use by a run still going: the reason is the message); a failed run is what Prefect's automations and notifications see.
+    A Completed state's data is :func:`~imagingflows.flows.run.execute`'s result.
+    """
+    from prefect.states import Completed, Failed
+
+    with logs_to_server() as logger:
+        try:  # a set-up error, or the output folder still in use by the previous run
+            plan = plan_run(pipeline, input_dir, output_dir, options)
+            result = execute(plan, resume=resume, runner=runner, workers=workers)
+        except UsageError as e:
+            logger.error("%s: nothing could run: %s", pipeline, e)
+            return Failed(message=f"nothing could run: {e}")
+        message = summary_line(result)
+        logger.log(logging.ERROR if result["counts"]["failed"] else logging.INFO, "%s: %s", pipeline, message)
+    if result["counts"]["failed"] or result.get("interrupted"):
+        return Failed(message=message)  # a failed state's data must be an exception: the counts are in run.json
+    return Completed(message=message, data=result)
+
+
+def summary_line(result: dict) -> str:
+    """One line for a finished batch: its counts, the first failures, or that nothing was left to do."""
+    counts = result["counts"]
+    total = sum(counts.values())
+    if total and counts["skipped"] == total:
+        return f"all {total} items up to date: nothing to do (skipped)"
+    line = f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped (up to date)"
+    errors = result.get("errors") or {}
+    if errors:
+        first = "; ".join(_named(k, v) for k, v in list(errors.items())[:3])
+        line += f"; {first}" + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+    if result.get("interrupted"):
+        line += f"; stopped by {result['interrupted']}, {len(result.get('not_finished') or [])} not finished"
+    return line
+
+
+def _named(item_id: str, error: str | None) -> str:
+    """An item's failure in one line, naming the item once (most reasons already name its file)."""
+    first = (error or "failed").splitlines()[0]
+    return first if item_id in first else f"{item_id}: {first}"
+
+
+@contextlib.contextmanager
+def logs_to_server() -> Iterator[logging.Logger]:
+    """The ``imagingflows`` logger, at INFO, also sending to the server as the current run's logs.
+
+    Prefect ships only its own run loggers (``PREFECT_LOGGING_EXTRA_LOGGERS`` adds others); this
+    makes the item lines of a served or deployed run visible in the UI's logs tab without it.
+    """
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("imagingflows")
+    added = None
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        added = APILogHandler()
+        logger.addHandler(added)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield logger
+    finally:
+        logger.setLevel(level)
+        if added is not None:
+            logger.removeHandler(added)
 
 
 def parameter_schema(pipeline: str, base: dict) -> dict:
