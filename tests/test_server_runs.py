@@ -259,6 +259,25 @@ def test_a_served_run_that_cannot_start_fails_with_the_reason(first_runs):
     assert state.message == f"nothing could run: input folder {first_runs['gone_dir']} does not exist"
 
 
+def test_every_prefect_yaml_deployment_loads_and_its_defaults_validate():
+    """Each entrypoint imports a flow, its default parameters pass the flow's typed schema, and
+    the default input folder (the bundled sample data) exists; every registered pipeline has one."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from imagingflows.pipelines.base import pipeline_names
+
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert sorted(d["name"] for d in deployments) == pipeline_names()
+    for d in deployments:
+        flow = load_flow_from_entrypoint(d["entrypoint"])
+        assert flow.name == f"imagingflows-{d['name']}"
+        checked = flow.validate_parameters(d["parameters"])
+        assert type(checked["options"]).__name__.endswith("Run")  # the pipeline's options model
+        assert (ROOT / d["parameters"]["input_dir"]).is_dir(), d["name"]
+        assert d["work_pool"]["name"] == "imagingflows"
+
+
 def test_prefect_yaml_deploys_and_a_process_worker_runs_a_deployment(server, tmp_path):
     """``prefect deploy --all`` from the repo root; one deployment runs on a process worker."""
     from prefect import get_client
