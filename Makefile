@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -c constraints.txt 2>&1 | grep -v "is ignored" || true
-	$(PIP) install -e ".[dev,dask,demosaic]" -c constraints.txt 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e ".[dev,dask,demosaic,openvino]" -c constraints.txt 2>&1 | grep -v "is ignored" || true
 	$(PY) -c "import imagingflows.flows.cli, torch, monai, prefect"
 	touch $(STAMP)
 

@@ -16,6 +16,10 @@ An engine changes how a network's forward runs, never what it computes beyond fl
   it needs a C++ compiler (``g++`` by default, ``$CXX``, or :data:`CXX_ENV`). Without one, or when
   compiling fails, the engine falls back to eager and says why (:attr:`EngineModule.fallback`); a
   batch never fails because of an engine.
+- ``openvino``: the network converted to OpenVINO IR and run by its CPU plugin (optional extra
+  ``imagingflows[openvino]``; :mod:`imagingflows.models.engine_openvino`: IR cached on disk, f32 or bf16
+  inference precision from the autocast in force). Not installed, a CUDA device or a failed conversion:
+  eager, with the reason.
 - ``auto``: the fastest engine that is installed and *measured to agree* with eager float32 for this
   model and device, by the model's own rule (:attr:`~imagingflows.models.registry.ModelSpec.agreement`).
 
@@ -57,7 +61,7 @@ from typing import Any, Callable
 
 import torch
 
-ENGINES = ("auto", "eager", "channels-last", "compile")
+ENGINES = ("auto", "eager", "channels-last", "compile", "openvino")
 #: the engines :func:`measure` can time (``auto`` is a choice among them)
 CONCRETE = ENGINES[1:]
 CACHE_ENV = "IMAGINGFLOWS_CACHE"
@@ -206,6 +210,10 @@ class EngineModule(torch.nn.Module):
 
     @staticmethod
     def _build(inner: torch.nn.Module, engine: str, memory_format: torch.memory_format) -> Callable:
+        if engine == "openvino":
+            from imagingflows.models.engine_openvino import OpenVinoModule
+
+            return OpenVinoModule(_plain_pools(copy.deepcopy(inner)).eval(), engines_dir() / "openvino")
         fast = _plain_pools(copy.deepcopy(inner)).eval().to(memory_format=memory_format)
         if engine == "channels-last":
             return fast
@@ -221,7 +229,7 @@ class EngineModule(torch.nn.Module):
         fast = self.__dict__["_fast"]
         if fast is None or self.fallback is not None or _pool_session_active():
             return self.inner(x, *rest)
-        if x.dim() in (4, 5):  # compile too: measured faster than NCHW on CPU
+        if x.dim() in (4, 5) and self.engine != "openvino":  # compile too: measured faster than NCHW on CPU
             x_fast = x.contiguous(memory_format=_memory_format(x.dim()))
         else:
             x_fast = x
@@ -238,7 +246,8 @@ class EngineModule(torch.nn.Module):
                 return y
         except Exception as e:  # noqa: BLE001 - any compile failure: eager decides whether x is bad
             y = self.inner(x, *rest)
-            self.fallback = f"torch.compile failed, eager used: {type(e).__name__}: {str(e).strip()[:300]}"
+            what = "OpenVINO conversion or inference" if self.engine == "openvino" else "torch.compile"
+            self.fallback = f"{what} failed, eager used: {type(e).__name__}: {str(e).strip()[:300]}"
             return y
 
 
@@ -259,10 +268,23 @@ def engine_module(net: torch.nn.Module, engine: str, *, method: str = "forward",
     with _ENGINES_LOCK:
         per_net = _ENGINES.setdefault(net, {})
         if (engine, method) not in per_net:
-            why = find_cxx()[1] if engine == "compile" else None
+            why = find_cxx()[1] if engine == "compile" else _openvino_unusable(net) if engine == "openvino" else None
             inner = net if method == "forward" else BoundMethod(net, method)
             per_net[(engine, method)] = EngineModule(inner, engine, fallback=why or None, spatial_dims=spatial_dims)
         return per_net[(engine, method)]
+
+
+def _openvino_unusable(net: torch.nn.Module) -> str | None:
+    """Why the openvino engine cannot run ``net`` here (None: it can)."""
+    from imagingflows.models.engine_openvino import available
+
+    ok, why = available()
+    if not ok:
+        return why
+    param = next(net.parameters(), None)
+    if param is not None and param.device.type != "cpu":
+        return f"OpenVINO runs on the CPU here, the model is on {param.device}: eager used"
+    return None
 
 
 def clear_engines() -> None:
@@ -424,8 +446,9 @@ def measure(net: torch.nn.Module, spec: Any, config: dict, *, engines: tuple[str
         m = Measurement(engine=engine, used=module.used, first_seconds=round(first, 4), seconds=round(best, 5),
                         fallback=module.fallback, rebuilt=why)
         if rule is not None:
-            m.agreement = round(float(rule.measure(reference, y)), 3)
-            m.agrees = bool(rule.holds(m.agreement))
+            value = float(rule.measure(reference, y))
+            m.agrees = bool(rule.holds(value))  # on the exact value: a cosine of 0.99985 must not round to 1.0
+            m.agreement = round(value, 3 if rule.kind == "psnr_db" else 7)
         else:
             m.agrees = True if engine == "eager" and precision == "fp32" else None
         if m.agrees is not None and use_cache and not m.fallback:  # a fallback is this process's, not the engine's

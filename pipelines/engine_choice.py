@@ -18,7 +18,8 @@ from typing import Any
 
 #: the help text of every ``--engine`` option
 ENGINE_HELP = ("How the network runs: eager (PyTorch as is), channels-last (NHWC memory format), compile "
-               "(torch.compile, inductor; needs a C++ compiler, else eager with the reason in run.json) or auto "
+               "(torch.compile, inductor; needs a C++ compiler, else eager with the reason in run.json), openvino "
+               "(OpenVINO's CPU runtime; the imagingflows[openvino] extra, else eager with the reason) or auto "
                "(the fastest engine measured to agree with eager fp32 within the model's rule, e.g. 50 dB PSNR; "
                "measured once per model, device and torch version and cached in ~/.cache/imagingflows/engines "
                "or $IMAGINGFLOWS_CACHE).")

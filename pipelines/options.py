@@ -98,7 +98,7 @@ def describe(error: ValidationError) -> str:
 # ----------------------------------------------------------------------------- shared declarations
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["eager", "auto", "channels-last", "compile"]
+Engine = Literal["eager", "auto", "channels-last", "compile", "openvino"]
 
 
 class ModelOptions(Options):
