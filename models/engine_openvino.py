@@ -7,8 +7,9 @@ and :mod:`imagingflows.models.engines` then falls back to eager with that reason
   a model with dynamic input shapes, so one conversion serves every tile and image size. It is cached
   as IR (``.xml`` + ``.bin``) under ``engines/openvino/`` keyed by the weights' tensors (sha256), the
   method, the input ranks and dtypes and the OpenVINO and torch versions; a cached file that does not
-  read is converted again and rewritten, never trusted. The CPU plugin's compiled blobs are cached by
-  OpenVINO itself (``CACHE_DIR`` beside the IR).
+  read is converted again and rewritten, never trusted. Compiling the IR for the CPU (about 1 s) is
+  redone per process: OpenVINO 2026.4's own blob cache (``CACHE_DIR``) made a bf16 compile crash the
+  process (SIGSEGV) after f32 blobs of the same model were cached, which no fallback can catch.
 - Precision: ``INFERENCE_PRECISION_HINT`` f32 under no autocast, bf16 under a bf16 autocast (what the
   backend's ``precision`` sets), f16 under fp16. It must be set: on a CPU with AMX or AVX512-BF16 the
   plugin's default is bf16, which would silently change float32 outputs.
@@ -107,7 +108,9 @@ class OpenVinoModule:
                 return self._core.read_model(str(path))
             except Exception:  # noqa: BLE001 - a corrupt or foreign file is converted again, never trusted
                 pass
-        with torch.no_grad():
+        # traced in float32 whatever autocast the first call runs under (its casts have no OpenVINO op;
+        # the precision is the compiled model's hint)
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             model = ov.convert_model(self.module, example_input=inputs if len(inputs) > 1 else inputs[0])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.xml")
@@ -123,9 +126,8 @@ class OpenVinoModule:
         with self._lock:
             if key not in self._compiled:
                 ov = _import_openvino()
-                if self._core is None:
+                if self._core is None:  # no CACHE_DIR: its blobs crashed a bf16 compile after f32 ones (2026.4)
                     self._core = ov.Core()
-                    self._core.set_property({"CACHE_DIR": str(self.folder / "blobs")})
                 if self._model is None:
                     self._model = self._load_or_convert(inputs)
                 self._compiled[key] = self._core.compile_model(
