@@ -8,6 +8,7 @@ JSON configs; the model lives in the backend's per-process cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
@@ -15,6 +16,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections import deque
 from contextvars import ContextVar
@@ -28,11 +30,12 @@ from prefect.cache_policies import NO_CACHE
 
 from imagingflows.flows.output_lock import OutputLock
 from imagingflows.flows.parts import PartGroup, PartGroups, remove_parts
-from imagingflows.flows.runners import UsageError, make_task_runner
+from imagingflows.flows.runners import (ItemTimedOut, UsageError, item_started, make_task_runner, thread_deadlines,
+                                        thread_timeout_reason)
 from imagingflows.flows.stop import Completions, StopRequest, ignore_stop_signals_in_workers
 from imagingflows.pipelines.base import get_pipeline, part_item
 from imagingflows.pipelines.options import OptionError
-from imagingflows.tasks.ingest import InputError, Item, hash_inputs
+from imagingflows.tasks.ingest import READ_RETRIES, InputError, Item, hash_inputs, retry_transient
 from imagingflows.tasks.manifest import RunManifest, config_hash
 from imagingflows.tasks.write import remove_stale_temps
 
@@ -153,19 +156,44 @@ def process_item(pipeline_name: str, item_id: str, item: dict, out_dir: str, con
 
     from imagingflows.models.progress import listen
 
+    item_started()  # a process worker's --item-timeout clock starts here
     ignore_stop_signals_in_workers(config)
     torch.set_num_threads(int(config.get("torch_threads") or torch.get_num_threads()))
     pipe = get_pipeline(pipeline_name)
+    watched = _thread_deadline(config)  # thread runner + --item-timeout: the flow may give up on it
+    if watched:
+        thread_deadlines().begin((out_dir, item_id))
     start = time.perf_counter()
-    try:  # before processing: the inputs as read (a part has its item's, hashed once for all its parts)
+
+    def attempt() -> tuple[str, dict]:  # before processing: the inputs as read (a part has its item's)
         input_hash = item.get("meta", {}).get("input_hash") or hash_inputs(list(item["paths"].values()))
         with listen(_ItemProgress(item_id, progress_artifact, position)):
-            entry = pipe.process(Item.from_dict(item), Path(out_dir), config)
+            return input_hash, pipe.process(Item.from_dict(item), Path(out_dir), config)
+
+    def again(retry: int, error: OSError, wait: float) -> None:
+        pipe.remove_failed(item_id, Path(out_dir))  # what the failed attempt wrote
+        _log().warning("%s: transient read error (%s), retry %d of %d in %g s", item_id,
+                       errno.errorcode.get(error.errno, error.errno), retry, READ_RETRIES, wait)
+
+    try:
+        input_hash, entry = retry_transient(attempt, what=item_id, on_retry=again)
         entry["input_hash"] = input_hash
         entry["seconds"] = round(time.perf_counter() - start, 2)  # this item's own time, not queueing
-        return entry
+        failure = None
     except Exception as exc:  # noqa: BLE001 - one bad item never sinks the batch
-        return Failed(message=_failure(pipe, item_id, item, out_dir, config, exc, "unexpected error"))
+        failure = exc
+    if watched and not thread_deadlines().finish((out_dir, item_id)):  # the run gave up on it at its deadline
+        pipe.remove_failed(item_id, Path(out_dir))
+        return Failed(message=thread_timeout_reason(config["item_timeout"]))
+    if failure is not None:
+        return Failed(message=_failure(pipe, item_id, item, out_dir, config, failure, "unexpected error"))
+    return entry
+
+
+def _thread_deadline(config: dict) -> bool:
+    """True when the flow itself watches this batch's items' deadlines (thread runner + --item-timeout)."""
+    runner = (config.get("device_info") or {}).get("runner", "thread")
+    return bool(config.get("item_timeout")) and runner == "thread"
 
 
 def _failure(pipe, item_id: str, item: dict, out_dir: str, config: dict, exc: BaseException, what: str) -> str:
@@ -294,6 +322,33 @@ def run_flow(
         outcomes[d["id"]] = entry["status"]
         progress.advance(d["id"], entry["status"])
 
+    def land(d: dict, entry: dict) -> None:
+        if "part" not in d.get("meta", {}) or d.get("merge"):
+            close_item(d, entry)
+            if d.get("merge") and entry["status"] == "done":
+                manifest.drop_parts(groups.groups[d["id"]].part_ids)
+                remove_parts(out, d["id"])
+            return
+        manifest.record_part(d["id"], entry)
+        group = groups.landed(d, entry)
+        if group is not None and group.failure():
+            close_item(group.item, {"status": "failed", "error": group.failure(), "config_hash": cfg_hash})
+        elif group is not None and not stop.requested:
+            merge(group)
+
+    def give_up_on_overdue_threads() -> None:
+        """Thread runner with --item-timeout: an item past its deadline is reported failed now (its
+        thread runs on; its task discards its result when it returns) and the batch goes on."""
+        if not _thread_deadline(config):
+            return
+        for key, (fut, d) in list(completions.pending.items()):
+            if d.get("merge") or not thread_deadlines().overdue((output_dir, d["id"]), config["item_timeout"]):
+                continue
+            if thread_deadlines().abandon((output_dir, d["id"])):
+                completions.pending.pop(key)
+                pipe.remove_failed(d["id"], out)  # what it wrote so far (its task removes the rest)
+                land(d, _failed_entry(d, thread_timeout_reason(config["item_timeout"]), cfg_hash, config))
+
     with stop.installed():
         for group in merges:
             merge(group)
@@ -304,23 +359,12 @@ def run_flow(
                                                     [progress.done, progress.total]), d)
             if stop.requested and (not completions.pending or stop.out_of_time()):
                 break
+            give_up_on_overdue_threads()
             landed = completions.next()
             if landed is None:
                 continue
             fut, d = landed
-            entry = _entry_of(fut, d, cfg_hash, config)
-            if "part" not in d.get("meta", {}) or d.get("merge"):
-                close_item(d, entry)
-                if d.get("merge") and entry["status"] == "done":
-                    manifest.drop_parts(groups.groups[d["id"]].part_ids)
-                    remove_parts(out, d["id"])
-                continue
-            manifest.record_part(d["id"], entry)
-            group = groups.landed(d, entry)
-            if group is not None and group.failure():
-                close_item(group.item, {"status": "failed", "error": group.failure(), "config_hash": cfg_hash})
-            elif group is not None and not stop.requested:
-                merge(group)
+            land(d, _entry_of(pipe, fut, d, out, cfg_hash, config))
 
     # 4. close the run: counts, report, artifacts
     unfinished = list(dict.fromkeys(
@@ -374,9 +418,28 @@ def _up_to_date(pipe, manifest: RunManifest, d: dict, out: Path, cfg_hash: str, 
     return fresh
 
 
-def _entry_of(fut, d: dict, cfg_hash: str, config: dict) -> dict:
-    """The manifest entry of a landed item: done with its outputs, or failed with the reason."""
-    fut.wait()  # the done callback can fire before the future's Prefect state is final
+def _failed_entry(d: dict, reason: str, cfg_hash: str, config: dict) -> dict:
+    entry = {"status": "failed", "error": reason, "config_hash": cfg_hash,
+             "weights_sha256": config.get("weights_sha256")}
+    if not config.get("anonymize"):
+        entry["inputs"] = d["paths"]
+    _log().error("%s: %s", d["id"], reason)
+    return entry
+
+
+def _entry_of(pipe, fut, d: dict, out: Path, cfg_hash: str, config: dict) -> dict:
+    """The manifest entry of a landed item: done with its outputs, or failed with the reason.
+
+    A task that never reported back (its worker was killed at ``--item-timeout``, or died) is
+    failed here: its outputs are removed and its Prefect task run is set Failed with the reason.
+    """
+    try:
+        fut.wait()  # the done callback can fire before the future's Prefect state is final
+    except Exception as exc:  # noqa: BLE001 - ItemTimedOut, or a worker process that died
+        reason = str(exc) if isinstance(exc, ItemTimedOut) else f"its worker ended without a result: {exc}"
+        pipe.remove_failed(d["id"], out)
+        _fail_task_run(fut.task_run_id, reason)
+        return _failed_entry(d, reason, cfg_hash, config)
     entry = {"config_hash": cfg_hash, "weights_sha256": config.get("weights_sha256")}
     if not config.get("anonymize"):
         entry["inputs"] = d["paths"]
@@ -387,6 +450,18 @@ def _entry_of(fut, d: dict, cfg_hash: str, config: dict) -> dict:
         entry.update(status="failed", error=fut.state.message or f"task ended {fut.state.type}")
         _log().error("%s: %s", d["id"], entry["error"])
     return entry
+
+
+def _fail_task_run(task_run_id, reason: str) -> None:
+    """Set a task run whose worker was killed (it stays Running otherwise) to Failed with ``reason``."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Failed
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(task_run_id, Failed(message=reason), force=True)
+    except Exception as e:  # noqa: BLE001 - run.json is the record; the server's view is a convenience
+        _log().warning("could not mark task run %s failed on the Prefect server: %s", task_run_id, e)
 
 
 def _errors(manifest: RunManifest, outcomes: dict[str, str]) -> dict[str, str]:
@@ -463,8 +538,16 @@ class _Progress:
 
 
 def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", workers: int = 1,
-            progress: Callable | None = None, item_progress: Callable | None = None) -> dict:
+            progress: Callable | None = None, item_progress: Callable | None = None,
+            item_timeout: float | None = None) -> dict:
     """Run a planned batch with the chosen task runner (shared by the CLI and the Python API).
+
+    ``item_timeout`` (seconds, ``--item-timeout``): an item still running that long after its task
+    started (its worker's model load included) is reported failed, "timed out after N s", with
+    nothing of it left in the output folder, and the batch goes on. The process runner kills the
+    item's worker and starts a new one; the thread runner cannot stop a thread, so the item runs on
+    in the background (using a core) and its result is discarded when it returns (the run waits for
+    it before it ends); Dask is refused (a :class:`UsageError`).
 
     ``progress(item_id, status)`` is called as each item lands, ``item_progress(item_id, unit,
     done, total)`` as its tiles or windows finish (thread runner; other runners report to the
@@ -473,6 +556,8 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
     """
     from imagingflows.models.backend import configure_threads, select_device
 
+    if item_timeout is not None and not item_timeout > 0:
+        raise UsageError(f"--item-timeout must be a positive number of seconds (got {item_timeout!r})")
     with OutputLock(plan.output_dir):
         start_local_server()
         remove_stale_temps(plan.output_dir)
@@ -481,12 +566,14 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
         config = dict(plan.config, torch_threads=threads, device_type=device_type, parent_pid=os.getpid(),
                       device_info={"type": device_type, "torch_threads": threads, "runner": runner,
                                    "workers": workers})
+        if item_timeout is not None:
+            config["item_timeout"] = float(item_timeout)
         handler = file_log(plan.output_dir / "run.log")
         # flow parameters must be JSON: the callbacks travel in a ContextVar, which the flow (same
         # thread) and the thread runner's tasks (Prefect copies the context) see; other runners don't
         token = _CALLBACKS.set((progress, item_progress))
         try:
-            flow_fn = run_flow.with_options(task_runner=make_task_runner(runner, workers))
+            flow_fn = run_flow.with_options(task_runner=make_task_runner(runner, workers, item_timeout))
             in_flight = CHUNK if runner.startswith("dask=") else workers  # a remote cluster sizes itself
             return flow_fn(plan.pipeline, str(plan.input_dir), str(plan.output_dir), config,
                            [i.to_dict() for i in plan.items], [list(e) for e in plan.errors], resume, in_flight)
@@ -539,7 +626,9 @@ def file_log(path: Path) -> logging.Handler:
 
 
 def run_pipeline(pipeline: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
-                 resume: bool = False, runner: str = "thread", workers: int = 1, **options: Any) -> dict:
-    """Python API: plan and run a batch; returns ``{"counts", "outcomes", "output_dir"}``."""
+                 resume: bool = False, runner: str = "thread", workers: int = 1,
+                 item_timeout: float | None = None, **options: Any) -> dict:
+    """Python API: plan and run a batch; returns ``{"counts", "outcomes", "output_dir"}``
+    (``item_timeout``: see :func:`execute`)."""
     plan = plan_run(pipeline, input_dir, output_dir, options)
-    return execute(plan, resume=resume, runner=runner, workers=workers)
+    return execute(plan, resume=resume, runner=runner, workers=workers, item_timeout=item_timeout)

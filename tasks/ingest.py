@@ -6,14 +6,19 @@ was expected and what was found. Reading never modifies an input.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -69,6 +74,55 @@ def hash_inputs(paths: list[str | os.PathLike]) -> str:
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
+
+
+#: errno values of transient read errors: an I/O error or a stale file handle, as network file systems
+#: (NFS, SMB, Lustre) report a server hiccup or a file replaced under an open handle
+TRANSIENT_ERRNOS = (errno.EIO, errno.ESTALE)
+#: retries after the first attempt, and the wait before each (the last repeats if there are more)
+READ_RETRIES = 3
+READ_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
+
+
+def transient_error(exc: BaseException) -> OSError | None:
+    """The transient ``OSError`` (EIO/ESTALE) behind ``exc`` (itself, or its cause/context: readers
+    wrap it, e.g. in :class:`InputError`), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def retry_transient(fn: Callable[[], T], *, what: str, retries: int = READ_RETRIES,
+                    backoff: tuple[float, ...] = READ_BACKOFF_SECONDS,
+                    on_retry: Callable[[int, OSError, float], None] | None = None,
+                    sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, called again after a transient read error (EIO/ESTALE, see :func:`transient_error`)
+    up to ``retries`` times, waiting ``backoff[i]`` seconds before retry ``i + 1``.
+
+    ``on_retry(retry, error, wait)`` runs before each wait (to log, and to remove what the failed
+    attempt wrote). Other errors are raised at once; after the last retry an :class:`InputError`
+    names ``what``, the error and how many attempts were made.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            err = transient_error(exc)
+            if err is None:
+                raise
+            if attempt == retries:
+                name = errno.errorcode.get(err.errno, str(err.errno))
+                raise InputError(f"{what}: transient read error ({name}) on each of {retries + 1} attempts, "
+                                 f"the last: {err}") from exc
+            wait = backoff[min(attempt, len(backoff) - 1)] if backoff else 0.0
+            if on_retry is not None:
+                on_retry(attempt + 1, err, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def files_by_stem(input_dir: str | os.PathLike, suffixes: tuple[str, ...], skip: str | None = None
