@@ -74,14 +74,6 @@ def available() -> tuple[bool, str]:
     return True, openvino.__version__
 
 
-def _weights_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 class OpenVinoModule:
     """``module`` (eval, float32, CPU) run by OpenVINO: ``(*inputs) -> output`` (the first output)."""
 
@@ -96,7 +88,9 @@ class OpenVinoModule:
     def _ir_path(self, inputs: tuple) -> Path:
         openvino = _import_openvino()
         sig = [(t.dim(), str(t.dtype)) for t in inputs if isinstance(t, torch.Tensor)]
-        key = f"{_weights_digest(self.module)}|{sig}|{openvino.__version__}|{torch.__version__}"
+        from imagingflows.models.engines import tensors_sha256
+
+        key = f"{tensors_sha256(self.module)}|{sig}|{openvino.__version__}|{torch.__version__}"
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.xml"
 
     def _load_or_convert(self, inputs: tuple):

@@ -334,17 +334,20 @@ class Measurement:
         return asdict(self)
 
 
+def tensors_sha256(net: torch.nn.Module) -> str:
+    """SHA-256 of a network's state dict (names and float32 bytes): its identity without a weights file."""
+    h = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def cache_key(weights_sha256: str | None, net: torch.nn.Module, engine: str, precision: str,
               device: torch.device, shape: tuple[int, ...] | list, method: str = "forward") -> dict:
     """What one measurement depends on (a fresh network without weights file: a hash of its tensors).
     ``shape``: the first input's shape, or a list of every input's."""
-    ident = weights_sha256
-    if not ident:
-        h = hashlib.sha256()
-        for name, t in net.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().numpy().tobytes())
-        ident = "tensors:" + h.hexdigest()
+    ident = weights_sha256 or "tensors:" + tensors_sha256(net)
     key = {"schema": SCHEMA, "weights_sha256": ident, "engine": engine, "precision": precision,
            "torch": torch.__version__, "device": device_label(device), "shape": list(shape)}
     if method != "forward":
