@@ -34,6 +34,17 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def engine_cache(tmp_path, monkeypatch):
+    """$IMAGINGFLOWS_CACHE in a temp folder and no engines kept in memory, before and after the test."""
+    from imagingflows.models import engines
+
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
+    engines.clear_engines()
+    yield tmp_path / "cache"
+    engines.clear_engines()
+
+
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
     from imagingflows.models.backend import demo_weights as find

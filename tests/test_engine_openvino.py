@@ -16,32 +16,15 @@ import torch
 from imagingflows.models import engines, nafnet
 from imagingflows.models.engines import choose, engine_module, measure_input
 
-NAFNET = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1], "dec_blk_nums": [1],
-          "local_train_size": None}
+from helpers_engines import NAFNET, tiny_nafnet
+
+pytestmark = pytest.mark.usefixtures("engine_cache")  # conftest: a temp $IMAGINGFLOWS_CACHE per test
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None  # find_spec: importing it starts its telemetry
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
-    engines.clear_engines()
-    yield tmp_path / "cache"
-    engines.clear_engines()
-
-
-def _nafnet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = nafnet.build(**NAFNET).eval()
-    for block in net.modules():
-        if isinstance(block, nafnet.NAFBlock):
-            torch.nn.init.normal_(block.beta, 0, 0.1)
-            torch.nn.init.normal_(block.gamma, 0, 0.1)
-    return net
 
 
 def test_without_openvino_the_engine_falls_back_to_eager_with_the_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError: not installed
-    net = _nafnet()
+    net = tiny_nafnet()
     module = engine_module(net, "openvino")
     assert module.used == "eager" and "not installed" in module.fallback and "imagingflows[openvino]" in module.fallback
     x = measure_input(3, 32)
@@ -52,8 +35,8 @@ def test_without_openvino_the_engine_falls_back_to_eager_with_the_reason(monkeyp
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra is not installed")
-def test_openvino_agrees_caches_its_ir_and_rebuilds_a_corrupt_one(private_cache):
-    net = _nafnet()
+def test_openvino_agrees_caches_its_ir_and_rebuilds_a_corrupt_one(engine_cache):
+    net = tiny_nafnet()
     x = measure_input(3, 40, 4)
     with torch.inference_mode():
         ref = net(x)
@@ -61,7 +44,7 @@ def test_openvino_agrees_caches_its_ir_and_rebuilds_a_corrupt_one(private_cache)
         other = engine_module(net, "openvino")(measure_input(3, 56, 4))  # dynamic shapes: no reconversion
     assert engine_module(net, "openvino").fallback is None and other.shape == (1, 3, 56, 56)
     assert nafnet.SPEC.agreement.holds(nafnet.SPEC.agreement.measure(ref, got))
-    irs = list((private_cache / "engines" / "openvino").glob("*.xml"))
+    irs = list((engine_cache / "engines" / "openvino").glob("*.xml"))
     assert len(irs) == 1 and irs[0].with_suffix(".bin").stat().st_size > 0
     irs[0].write_text("<not a model")  # a later process must convert again, not trust it
     engines.clear_engines()

@@ -20,28 +20,11 @@ from imagingflows.models import engines, hat, nafnet
 from imagingflows.models.engines import CXX_ENV, choose, engine_module, find_cxx, measure, measure_input
 from imagingflows.models.tiling import predict_tiles
 
-NAFNET = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1], "dec_blk_nums": [1],
-          "local_train_size": None}
+from helpers_engines import NAFNET, tiny_nafnet
+
+pytestmark = pytest.mark.usefixtures("engine_cache")  # conftest: a temp $IMAGINGFLOWS_CACHE per test
 HAT = {"in_chans": 3, "embed_dim": 12, "depths": [1], "num_heads": [2], "window_size": 8, "compress_ratio": 3,
        "squeeze_factor": 4, "mlp_ratio": 2, "upscale": 2}
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
-    engines.clear_engines()
-    yield tmp_path / "cache"
-    engines.clear_engines()
-
-
-def _nafnet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = nafnet.build(**NAFNET).eval()
-    for block in net.modules():  # zero beta / gamma make every block the identity: redraw them
-        if isinstance(block, nafnet.NAFBlock):
-            torch.nn.init.normal_(block.beta, 0, 0.1)
-            torch.nn.init.normal_(block.gamma, 0, 0.1)
-    return net
 
 
 def _hat() -> torch.nn.Module:
@@ -55,7 +38,7 @@ def _psnr(spec, a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("which", ["nafnet", "hat"])
 def test_channels_last_agrees_with_eager_within_the_rule(which):
-    net, spec, grid = (_nafnet(), nafnet.SPEC, 2) if which == "nafnet" else (_hat(), hat.SPEC, 8)
+    net, spec, grid = (tiny_nafnet(), nafnet.SPEC, 2) if which == "nafnet" else (_hat(), hat.SPEC, 8)
     image = measure_input(3, 48)[0].permute(1, 2, 0).numpy()
     kw = dict(scale=1 if which == "nafnet" else 2, tile=32, overlap=8, grid=grid)
     eager, _ = predict_tiles(net, image, **kw)  # 4 tiles; NAFNet with its measuring pass (eager inside)
@@ -73,7 +56,7 @@ def test_compile_without_a_compiler_falls_back_with_the_reason(monkeypatch):
     monkeypatch.setenv(CXX_ENV, "/nonexistent/bin/g++")
     path, why = find_cxx()
     assert path is None and "/nonexistent/bin/g++ (not found)" in why and CXX_ENV in why
-    net = _nafnet()
+    net = tiny_nafnet()
     module = engine_module(net, "compile")
     assert module.used == "eager" and "no C++ compiler" in module.fallback
     x = measure_input(3, 32)
@@ -87,7 +70,7 @@ def test_compile_without_a_compiler_falls_back_with_the_reason(monkeypatch):
 
 
 def test_a_failing_compile_falls_back_to_eager_in_the_call(monkeypatch):
-    net = _nafnet()
+    net = tiny_nafnet()
     module = engines.EngineModule(net, "channels-last")
 
     def broken(x):
@@ -119,7 +102,7 @@ def test_compile_agrees_on_a_tiny_nafnet(monkeypatch):
     from pathlib import Path
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "imagingflows-test-inductor"))
-    net = _nafnet()
+    net = tiny_nafnet()
     t0 = time.perf_counter()
     found = measure(net, nafnet.SPEC, NAFNET, engines=("eager", "compile"), side=64, repeat=1)
     m = found["compile"]
@@ -133,8 +116,8 @@ def test_compile_agrees_on_a_tiny_nafnet(monkeypatch):
     print(f"compile measured and run in {time.perf_counter() - t0:.1f} s")
 
 
-def test_a_corrupt_or_foreign_cache_entry_is_rebuilt(private_cache):
-    net = _nafnet()
+def test_a_corrupt_or_foreign_cache_entry_is_rebuilt(engine_cache):
+    net = tiny_nafnet()
     first = measure(net, nafnet.SPEC, NAFNET, engines=("channels-last",), side=32, repeat=1)["channels-last"]
     files = list(engines.engines_dir().glob("*.json"))
     assert len(files) == 1 and not first.cached and first.agrees
@@ -153,7 +136,7 @@ def test_a_corrupt_or_foreign_cache_entry_is_rebuilt(private_cache):
 
 def test_auto_picks_an_engine_that_agrees_and_never_one_that_does_not(monkeypatch):
     monkeypatch.setenv(CXX_ENV, "/nonexistent/bin/g++")  # no compile measurement: fast and host-independent
-    net = _nafnet()
+    net = tiny_nafnet()
     real = engines.measure
 
     def rigged(*args, **kwargs):  # the real measurements, with channels-last made the fastest ...
@@ -184,7 +167,7 @@ def test_restore_channels_last_matches_eager_and_run_json_records_the_engine(tmp
     from imagingflows.models.checkpoints import save_checkpoint
     from imagingflows.tasks.image_io import read_image, write_image
 
-    weights = save_checkpoint(tmp_path / "nafnet_tiny.pt", _nafnet(), arch="nafnet", config=NAFNET)
+    weights = save_checkpoint(tmp_path / "nafnet_tiny.pt", tiny_nafnet(), arch="nafnet", config=NAFNET)
     rng = np.random.default_rng(0)
     write_image(tmp_path / "in" / "a.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
     write_image(tmp_path / "in" / "b.png", rng.integers(0, 256, (36, 52, 3), dtype=np.uint8))
