@@ -7,32 +7,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
-from typer.testing import CliRunner
-
-from imagingflows.flows.cli import app
 from imagingflows.flows.output_lock import OutputLock
 
-
-def _cli(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def _images(folder, n=1, bad=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(folder / f"ok{i}.png")
-    if bad:
-        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    return folder
+from helpers_cli import cli, pngs
 
 
 def test_failure_reasons_are_printed_one_line_each_even_quiet(tmp_path):
-    code, text = _cli("restore", "--task", "denoise", "-i", _images(tmp_path / "in", bad=True),
-                      "-o", tmp_path / "out", "--precision", "fp32", "--quiet")
+    code, text = cli("restore", "--task", "denoise", "-i", pngs(tmp_path / "in", 1, bad=True),
+                     "-o", tmp_path / "out", "--precision", "fp32", "--quiet")
     assert code == 1, text
     lines = [line for line in text.splitlines() if "failed broken.png" in line]
     assert len(lines) == 1 and len(lines[0].split("failed broken.png: ", 1)[1]) > 10, text
@@ -40,15 +22,15 @@ def test_failure_reasons_are_printed_one_line_each_even_quiet(tmp_path):
 
 
 def test_training_set_up_error_is_one_line_and_exit_2(tmp_path):
-    code, text = _cli("train", "restore", "--task", "denoise", "--data", _images(tmp_path / "clean"),
-                      "-o", tmp_path / "run", "--epochs", "1", "--quiet")
+    code, text = cli("train", "restore", "--task", "denoise", "--data", pngs(tmp_path / "clean", 1),
+                     "-o", tmp_path / "run", "--epochs", "1", "--quiet")
     assert code == 2, text
     assert "need at least 2 images" in text and "Traceback" not in text
     assert len(text.strip().splitlines()) == 1, text
 
 
 def test_version():
-    code, text = _cli("--version")
+    code, text = cli("--version")
     assert code == 0 and text.startswith("imagingflows ") and "prefect" in text
 
 
@@ -58,7 +40,7 @@ def test_a_second_run_into_a_locked_folder_exits_2_naming_the_holder(tmp_path):
         out = tmp_path / "out"
         out.mkdir()
         (out / OutputLock.NAME).write_text(f"{holder.pid}\n")
-        code, text = _cli("restore", "--task", "denoise", "-i", _images(tmp_path / "in"), "-o", out)
+        code, text = cli("restore", "--task", "denoise", "-i", pngs(tmp_path / "in", 1), "-o", out)
         assert code == 2 and f"pid {holder.pid}" in text and "in use by another run" in text, text
         assert not (out / "run.json").exists()
     finally:
@@ -72,8 +54,8 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / OutputLock.NAME).write_text(f"{dead.pid}\n")
-    code, text = _cli("restore", "--task", "denoise", "-i", _images(tmp_path / "in"), "-o", out,
-                      "--precision", "fp32")
+    code, text = cli("restore", "--task", "denoise", "-i", pngs(tmp_path / "in", 1), "-o", out,
+                     "--precision", "fp32")
     assert code == 0, text
     assert (out / "ok0.png").is_file() and not (out / OutputLock.NAME).exists()
 

@@ -21,33 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from imagingflows.flows.cli import app
 from imagingflows.flows.output_lock import OutputLock
 
-
-def _cli(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
-def _images(folder: Path, n: int, bad: bool = False) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(folder / f"ok{i}.png")
-    if bad:
-        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    return folder
+from helpers_cli import cli, pngs
 
 
 def _restore(inp: Path, out: Path, *extra) -> tuple[int, str]:
-    return _cli("restore", "--task", "denoise", "-i", inp, "-o", out, "--precision", "fp32", "--device", "cpu",
-                "--quiet", *extra)
+    return cli("restore", "--task", "denoise", "-i", inp, "-o", out, "--precision", "fp32", "--device", "cpu",
+               "--quiet", *extra)
 
 
 def _digests(out: Path) -> dict[str, tuple[str, int]]:
@@ -84,7 +68,7 @@ def bad_run(tmp_path_factory) -> dict:
     """Two good images and one that is not an image, with --log-file."""
     root = tmp_path_factory.mktemp("bad")
     log = root / "logs" / "cron.log"
-    code, text = _restore(_images(root / "in", 2, bad=True), root / "out", "--log-file", log)
+    code, text = _restore(pngs(root / "in", 2, bad=True), root / "out", "--log-file", log)
     return {"out": root / "out", "log": log, "code": code, "text": text}
 
 
@@ -92,7 +76,7 @@ def bad_run(tmp_path_factory) -> dict:
 def good_run(tmp_path_factory) -> dict:
     """Two good images, then the same batch with --resume, both logging to one --log-file."""
     root = tmp_path_factory.mktemp("good")
-    inp, out, log = _images(root / "in", 2), root / "out", root / "cron.log"
+    inp, out, log = pngs(root / "in", 2), root / "out", root / "cron.log"
     first = _restore(inp, out, "--log-file", log)
     second = _restore(inp, out, "--resume", "--log-file", log)
     return {"out": out, "log": log, "first": first, "second": second}
@@ -158,7 +142,7 @@ def test_evaluate_takes_log_file_too():
 def test_status_text_of_a_run_with_a_bad_input(bad_run):
     out = bad_run["out"]
     run = json.loads((out / "run.json").read_text())
-    code, text = _cli("status", out, "--slowest", "1")
+    code, text = cli("status", out, "--slowest", "1")
     assert code == 1, text  # an item failed
     lines = text.splitlines()
     assert lines[0] == f"restore: {out}"
@@ -177,7 +161,7 @@ def test_status_text_of_a_run_with_a_bad_input(bad_run):
 def test_status_json_says_the_same(bad_run):
     out = bad_run["out"]
     run = json.loads((out / "run.json").read_text())
-    code, text = _cli("status", out, "--json")
+    code, text = cli("status", out, "--json")
     assert code == 1
     s = json.loads(text)
     assert (s["pipeline"], s["command"], s["state"]) == ("restore", "run", "finished")
@@ -193,11 +177,11 @@ def test_status_json_says_the_same(bad_run):
 
 
 def test_status_of_a_resumed_run_counts_the_skipped_and_exits_0(good_run):
-    code, text = _cli("status", good_run["out"])
+    code, text = cli("status", good_run["out"])
     assert code == 0, text
     assert "  items:   0 done, 0 failed, 2 skipped (2 in all)" in text.splitlines()
     assert "finished; 1 earlier run(s) in this folder" in text and "failed:" not in text
-    s = json.loads(_cli("status", good_run["out"], "--json", "--slowest", "0")[1])
+    s = json.loads(cli("status", good_run["out"], "--json", "--slowest", "0")[1])
     assert s["earlier_runs"] == 1 and s["slowest"] == [] and s["timings"]["timed_items"] == 2  # times of the first run
 
 
@@ -207,31 +191,31 @@ def test_status_of_a_stopped_a_killed_and_a_running_run(good_run, tmp_path):
     run = json.loads((killed / "run.json").read_text())
     stopped = {**run, "summary": {**run["summary"], "interrupted": "SIGTERM", "not_finished": 1}}  # flows/run.py's
     (killed / "run.json").write_text(json.dumps(stopped))
-    code, text = _cli("status", killed)
+    code, text = cli("status", killed)
     assert code == 1 and ": stopped by SIGTERM, 1 items not finished (rerun with --resume)" in text
     run["finished"] = None  # as a run killed (SIGKILL) after its items leaves it: RunManifest.open's record
     (killed / "run.json").write_text(json.dumps(run))
-    code, text = _cli("status", killed)
+    code, text = cli("status", killed)
     assert code == 1 and "did not finish" in text
     assert "  items:   2 done, 0 failed, ? skipped (2 in all, so far)" in text.splitlines()
     (killed / OutputLock.NAME).write_text(f"{os.getpid()}\n")  # a live process holds the folder
-    code, text = _cli("status", killed, "--json")
+    code, text = cli("status", killed, "--json")
     assert code == 1 and (json.loads(text)["state"], json.loads(text)["pid"]) == ("running", os.getpid())
 
 
 @pytest.mark.parametrize("command", ["status", "report"])
 def test_no_run_json_or_a_bad_one_is_one_line_naming_the_file_and_exit_2(command, tmp_path):
-    code, text = _cli(command, tmp_path)
+    code, text = cli(command, tmp_path)
     assert code == 2 and text.strip() == f"error: {tmp_path}/run.json not found: {tmp_path} is not a run folder " \
                                          "(no run.json)"
-    code, text = _cli(command, tmp_path / "nowhere")
+    code, text = cli(command, tmp_path / "nowhere")
     assert code == 2 and text.strip() == f"error: run folder {tmp_path / 'nowhere'} does not exist"
     (tmp_path / "run.json").write_text('{"items": {"a": ')
-    code, text = _cli(command, tmp_path)
+    code, text = cli(command, tmp_path)
     assert code == 2 and len(text.strip().splitlines()) == 1
     assert text.startswith(f"error: {tmp_path}/run.json is not valid JSON (line 1, column")
     (tmp_path / "run.json").write_text("[1, 2]")
-    code, text = _cli(command, tmp_path)
+    code, text = cli(command, tmp_path)
     assert code == 2 and text.strip() == f"error: {tmp_path}/run.json is not a run manifest (expected a JSON " \
                                          "object with an 'items' object)"
     assert not (tmp_path / "report.html").exists()
@@ -246,7 +230,7 @@ def test_report_is_rendered_again_from_run_json_and_nothing_else_changes(bad_run
     before = _digests(out)
     (out / "report.html").write_text("stale")
     (out / "report.md").unlink()
-    code, text = _cli("report", out)
+    code, text = cli("report", out)
     assert code == 0 and text.strip() == f"wrote {out}/report.html, {out}/report.md"
     # as the run wrote them, up to the order of columns (run.json's keys are sorted, the run's dicts were not)
     assert _tables(out / "report.html") == _tables(html) and _tables(out / "report.md") == _tables(md)
