@@ -266,7 +266,15 @@ class TimeoutProcessPool:
         self._lock = threading.Lock()
         self._closing = False
         self.replaced = 0  # workers killed at a deadline and started again
-        self._workers = [self._new_worker() for _ in range(max(1, max_workers))]
+        self._size = max(1, max_workers)
+        self._workers: list[_Worker] = []
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        """Spawn the workers and the pool's thread, on the first call: Prefect enters a copy of the
+        flow's task runner around every task inside a worker too, and a pool that spawned there at
+        once would cost each item a worker start (seconds of imports) and its shutdown."""
+        self._workers = [self._new_worker() for _ in range(self._size)]
         self._thread = threading.Thread(target=self._loop, name="imagingflows-timeout-pool", daemon=True)
         self._thread.start()
         # an interpreter leaving without shutdown() must not wait on busy workers (multiprocessing
@@ -287,6 +295,8 @@ class TimeoutProcessPool:
             if self._closing:
                 raise RuntimeError("cannot submit to a pool that is shutting down")
             self._queue.append((future, fn))
+            if self._thread is None:
+                self._start()
         return future
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -295,7 +305,7 @@ class TimeoutProcessPool:
             if cancel_futures:
                 while self._queue:
                     self._queue.popleft()[0].cancel()
-        if wait:
+        if wait and self._thread is not None:
             self._thread.join()
             atexit.unregister(self._kill_all)
 
