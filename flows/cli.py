@@ -113,7 +113,7 @@ def _log_file(path: Path | None, what: str):
 
 
 def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, *, resume: bool,
-               runner: str, workers: int, quiet: bool) -> int:
+               runner: str, workers: int, quiet: bool, item_timeout: float | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from imagingflows.flows.run import execute, plan_run
@@ -124,7 +124,7 @@ def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, 
         _quiet_prefect_console()
         total = len(plan.items) + len(plan.errors)
         if quiet:
-            result = execute(plan, resume=resume, runner=runner, workers=workers)
+            result = execute(plan, resume=resume, runner=runner, workers=workers, item_timeout=item_timeout)
         else:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=err, transient=False) as bar:
@@ -137,7 +137,7 @@ def _run_batch(pipeline: str, input_dir: Path, output_dir: Path, options: dict, 
                     bar.update(job, description=f"{pipeline}: {item_id} {unit} {done}/{of}")
 
                 result = execute(plan, resume=resume, runner=runner, workers=workers, progress=tick,
-                                 item_progress=inside)
+                                 item_progress=inside, item_timeout=item_timeout)
     except UsageError as e:
         _fail(str(e))
     counts = result["counts"]
@@ -173,6 +173,8 @@ def _quiet_prefect_console() -> None:
 # ----------------------------------------------------------------------------- the verbs
 
 PATHS = ("input", "output")
+#: the batch options a served deployment takes (resume is serve's own: on by default)
+SERVE_RUN_LEVEL = ("runner", "workers", "item_timeout")
 
 
 def _run(pipeline: str, ctx: typer.Context, **values: Any) -> None:
@@ -182,7 +184,8 @@ def _run(pipeline: str, ctx: typer.Context, **values: Any) -> None:
     # option is then "--task is required", one line)
     with _log_file(log_file, f"run-flow {pipeline} -> {batch['output']}"):
         code = _run_batch(pipeline, batch["input"], batch["output"], given(ctx, values), resume=batch["resume"],
-                          runner=batch["runner"], workers=batch["workers"], quiet=batch["quiet"])
+                          runner=batch["runner"], workers=batch["workers"], quiet=batch["quiet"],
+                          item_timeout=batch["item_timeout"])
         raise typer.Exit(code)
 
 
@@ -245,11 +248,12 @@ def _serve(pipeline: str, ctx: typer.Context, **values: Any) -> None:
     from imagingflows.flows.serve import serve_pipeline
 
     schedule = {k: values.pop(k) for k in ServeOptions.model_fields}
-    batch = {k: values.pop(k) for k in ("input", "output", "runner", "workers")}
+    batch = {k: values.pop(k) for k in ("input", "output", *SERVE_RUN_LEVEL)}
     try:  # serve_pipeline checks the options, the cron and the server before registering anything
         serve_pipeline(pipeline, str(batch["input"]), str(batch["output"]), cron=schedule["cron"],
                        name=schedule["name"], options=given(ctx, values), runner=batch["runner"],
-                       workers=batch["workers"], say=lambda line: err.print(line, highlight=False))
+                       workers=batch["workers"], resume=schedule["resume"], item_timeout=batch["item_timeout"],
+                       say=lambda line: err.print(line, highlight=False))
     except UsageError as e:
         _fail(str(e))
 
@@ -366,7 +370,7 @@ def build_app() -> typer.Typer:
                     LogFileOption.model_fields))
         verbs["serve"].command(name, help=f"Serve {name} on a schedule.")(
             command(partial(_serve, name), name, paths, ServeOptions.model_fields, options,
-                    {k: run_level[k] for k in ("runner", "workers")}))
+                    {k: run_level[k] for k in SERVE_RUN_LEVEL}))
     for verb, sub in verbs.items():
         app.add_typer(sub, name=verb)
     app.command()(export)

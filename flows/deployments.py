@@ -7,7 +7,8 @@ named ``imagingflows-<pipeline>`` and takes
 - ``input_dir``, ``output_dir``: folders as the worker sees them (relative to its working folder);
 - ``options``: the pipeline's run options (``run-flow <pipeline> --help``), typed, so the
   deployment's form in the UI shows each with its type, default, bounds and help;
-- ``resume`` (default true: a scheduled run skips the items already done), ``runner``, ``workers``.
+- ``resume`` (default true: a scheduled run skips the items already done), ``runner``, ``workers``,
+  ``item_timeout`` (seconds an item may run; default none).
 
 The run itself is :func:`imagingflows.flows.serve.run_batch`, the same as ``run-flow serve``'s.
 """
@@ -32,9 +33,10 @@ def pipeline_flow(name: str) -> Flow:
     run_options = pipe.run_options
 
     def run(input_dir: str, output_dir: str, options: Any = None, resume: bool = True, runner: str = "thread",
-            workers: int = 1) -> Any:
+            workers: int = 1, item_timeout: float | None = None) -> Any:
         given = options.model_dump(mode="json", exclude_unset=True) if options is not None else {}
-        return run_batch(name, input_dir, output_dir, given, resume=resume, runner=runner, workers=workers)
+        return run_batch(name, input_dir, output_dir, given, resume=resume, runner=runner, workers=workers,
+                         item_timeout=item_timeout)
 
     try:  # options the pipeline can run with as they are default to those; otherwise they must be given
         default: Any = run_options()
@@ -46,7 +48,8 @@ def pipeline_flow(name: str) -> Flow:
               inspect.Parameter("options", kind, annotation=run_options, default=default),
               inspect.Parameter("resume", kind, annotation=bool, default=True),
               inspect.Parameter("runner", kind, annotation=str, default="thread"),
-              inspect.Parameter("workers", kind, annotation=int, default=1)]
+              inspect.Parameter("workers", kind, annotation=int, default=1),
+              inspect.Parameter("item_timeout", kind, annotation=float | None, default=None)]
     run.__signature__ = inspect.Signature(params)  # what Prefect reads for the parameter schema
     run.__annotations__ = {p.name: p.annotation for p in params}
     run.__name__ = run.__qualname__ = name

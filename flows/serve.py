@@ -37,14 +37,17 @@ SCHEDULE_CHECK_SECONDS = 120.0
 
 @flow(name="imagingflows-scheduled")
 def scheduled_run(pipeline: str, input_dir: str, output_dir: str, options: dict[str, Any],
-                  runner: str = "thread", workers: int = 1, resume: bool = True):
+                  runner: str = "thread", workers: int = 1, resume: bool = True,
+                  item_timeout: float | None = None):
     """One scheduled batch: ``options`` are the pipeline's run options (the deployment's form
-    shows them typed, see :func:`parameter_schema`); resumes unless ``resume`` is false."""
-    return run_batch(pipeline, input_dir, output_dir, options, resume=resume, runner=runner, workers=workers)
+    shows them typed, see :func:`parameter_schema`); resumes unless ``resume`` is false;
+    ``item_timeout``: seconds an item may run (see :func:`~imagingflows.flows.run.execute`)."""
+    return run_batch(pipeline, input_dir, output_dir, options, resume=resume, runner=runner, workers=workers,
+                     item_timeout=item_timeout)
 
 
 def run_batch(pipeline: str, input_dir: str, output_dir: str, options: dict, *, resume: bool = True,
-              runner: str = "thread", workers: int = 1):
+              runner: str = "thread", workers: int = 1, item_timeout: float | None = None):
     """Plan and run one batch inside a flow run (served or on a work pool); returns its final state.
 
     The ``imagingflows`` log lines (each item done, failed or skipped as up to date) go to the
@@ -60,7 +63,7 @@ def run_batch(pipeline: str, input_dir: str, output_dir: str, options: dict, *, 
     with logs_to_server() as logger:
         try:  # a set-up error, or the output folder still in use by the previous run
             plan = plan_run(pipeline, input_dir, output_dir, options)
-            result = execute(plan, resume=resume, runner=runner, workers=workers)
+            result = execute(plan, resume=resume, runner=runner, workers=workers, item_timeout=item_timeout)
         except UsageError as e:
             logger.error("%s: nothing could run: %s", pipeline, e)
             return Failed(message=f"nothing could run: {e}")
@@ -198,9 +201,11 @@ def watch_schedule(deployment_id, name: str, say: Callable[[str], None], *,
 
 
 def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str, name: str, options: dict,
-                   runner: str = "thread", workers: int = 1, say: Callable[[str], None] = print) -> None:
+                   runner: str = "thread", workers: int = 1, resume: bool = True, item_timeout: float | None = None,
+                   say: Callable[[str], None] = print) -> None:
     """Register ``imagingflows-scheduled/<pipeline>-<name>`` with the cron schedule and serve it (blocks).
 
+    ``resume`` and ``item_timeout`` become the deployment's defaults (a manual run may override them).
     Raises :class:`UsageError` (before registering anything) for invalid options or cron, no
     ``PREFECT_API_URL``, or no server answering there.
     """
@@ -214,7 +219,9 @@ def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str,
         options = get_pipeline(pipeline).run_config(options)  # checked now, not at 2 a.m.
     except (OptionError, ValueError) as e:
         raise UsageError(f"{pipeline}: {e}") from e
-    make_task_runner(runner, workers)  # a bad --runner is refused now too
+    if item_timeout is not None and not item_timeout > 0:
+        raise UsageError(f"--item-timeout must be a positive number of seconds (got {item_timeout!r})")
+    make_task_runner(runner, workers, item_timeout)  # a bad --runner (or dask with a timeout) is refused now too
     check_cron(cron)
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:
@@ -226,7 +233,7 @@ def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str,
     deployment = scheduled_run.to_deployment(
         name=f"{pipeline}-{name}", cron=cron,
         parameters={"pipeline": pipeline, "input_dir": input_dir, "output_dir": output_dir, "options": options,
-                    "runner": runner, "workers": workers},
+                    "runner": runner, "workers": workers, "resume": resume, "item_timeout": item_timeout},
     )
     # Prefect derives the schema from the signature, where options is a dict; no public setter
     deployment._parameter_openapi_schema = ParameterSchema(
@@ -234,7 +241,8 @@ def serve_pipeline(pipeline: str, input_dir: str, output_dir: str, *, cron: str,
     served = Runner(name=f"imagingflows-{pipeline}-{name}", pause_on_shutdown=False)
     deployment_id = served.add_deployment(deployment)
     full_name = f"imagingflows-scheduled/{pipeline}-{name}"
-    say(f"serving {full_name} on '{cron}' (Ctrl-C stops)")
+    say(f"serving {full_name} on '{cron}'" + ("" if resume else ", every run redoing all items")
+        + (f", items timing out after {item_timeout:g} s" if item_timeout else "") + " (Ctrl-C stops)")
     threading.Thread(target=watch_schedule, args=(deployment_id, full_name, say), daemon=True).start()
     try:
         asyncio.run(served.start())

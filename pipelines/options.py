@@ -127,6 +127,10 @@ class BatchOptions(Options):
     workers: int = option(1, "Items at once; torch threads are split between them.", unit="items", ge=1,
                           output=False)
     quiet: bool = option(False, "No progress bar (for cron).", flags=("--quiet", "-q"), output=False)
+    item_timeout: float | None = option(
+        None, "Fail an item still running after this long and go on. process: its worker is killed and "
+              "replaced; thread: it is reported at the deadline but runs on in the background (a thread "
+              "cannot be stopped inside a C call); not with dask.", unit="seconds", gt=0, output=False)
 
 
 class ServeOptions(Options):
@@ -135,6 +139,8 @@ class ServeOptions(Options):
     cron: str = option(..., "Schedule, e.g. '0 2 * * *'. Needs `prefect server start` and PREFECT_API_URL.",
                        output=False)
     name: str = option("nightly", "Deployment name (<pipeline>-<name> on the server).", output=False)
+    resume: bool = option(True, "Each run skips the items already done (--no-resume: every run redoes all).",
+                          output=False)
 
 
 class EvaluateOptions(Options):

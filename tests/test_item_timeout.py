@@ -134,3 +134,42 @@ def test_item_timeout_refuses_dask_and_non_positive_values(slow_pipeline, tmp_pa
     inp = _inputs(tmp_path / "in", {"a.txt": "one"})
     with pytest.raises(UsageError, match="--item-timeout must be a positive number of seconds"):
         run_pipeline("slow", inp, tmp_path / "out", item_timeout=0)
+
+
+def _cli(*args) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from imagingflows.flows.cli import build_app  # built now: the plug-in is registered
+
+    result = CliRunner().invoke(build_app(), [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_the_cli_flag_fails_the_overrunning_item_and_exits_1(slow_pipeline, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    inp = _inputs(tmp_path / "in", {"a.txt": "one", "b.txt": "sleep 4", "c.txt": "three"})
+    out = tmp_path / "out"
+    code, said = _cli("slow", "--input", inp, "--output", out, "--item-timeout", "1.5", "--state", state, "--quiet")
+
+    assert code == 1, said
+    assert "failed b.txt: timed out after 1.5 s" in " ".join(said.split())  # also under --quiet (cron mail)
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["item_timeout"] == 1.5 and run["items"]["b.txt"]["error"] == thread_timeout_reason(1.5)
+    assert [(out / k).read_text() for k in ("a.txt", "c.txt")] == ["ONE", "THREE"]
+
+    code, said = _cli("slow", "--input", inp, "--output", tmp_path / "out2", "--item-timeout", "0")
+    assert code == 2 and "--item-timeout must be a positive number of seconds" in said
+    assert not (tmp_path / "out2" / "run.json").exists()
+
+
+def test_serve_and_deployments_take_the_timeout_and_resume(slow_pipeline, tmp_path):
+    from imagingflows.flows.deployments import pipeline_flow
+
+    inp = _inputs(tmp_path / "in", {"a.txt": "one"})
+    # refused before any server is asked (none runs here): dask cannot end an item
+    code, said = _cli("serve", "slow", "--cron", "0 2 * * *", "--input", inp, "--output", tmp_path / "out",
+                      "--runner", "dask=tcp://127.0.0.1:1", "--item-timeout", "5", "--no-resume")
+    assert code == 2 and "--item-timeout is not available with --runner dask" in said
+    params = pipeline_flow("slow").parameters.properties
+    assert params["item_timeout"]["default"] is None and params["resume"]["default"] is True
