@@ -489,6 +489,10 @@ def _item_callback() -> Callable | None:
     return _CALLBACKS.get()[1]
 
 
+#: items the markdown artifact lists at most (the failed, then the slowest): the UI renders it whole
+ARTIFACT_ITEMS = 100
+
+
 def _publish(pipeline: str, out: Path, manifest: RunManifest) -> None:
     """report.html/.md in the run folder, plus Prefect artifacts (table + markdown)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -501,7 +505,7 @@ def _publish(pipeline: str, out: Path, manifest: RunManifest) -> None:
     key = f"{pipeline}-{manifest.data['command']}".replace("_", "-").lower()
     try:
         create_table_artifact(rows, key=f"{key}-items", description=f"{pipeline}: per-item status")
-        create_markdown_artifact(render_markdown(manifest.data), key=f"{key}-report")
+        create_markdown_artifact(render_markdown(manifest.data, max_items=ARTIFACT_ITEMS), key=f"{key}-report")
     except Exception as e:  # noqa: BLE001 - artifacts are a convenience; the files are the record
         log.warning("could not publish Prefect artifacts: %s", e)
 

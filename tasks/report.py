@@ -163,11 +163,9 @@ def _items(manifest: dict) -> list[tuple[str, dict]]:
 
 
 def _union_keys(dicts: Iterable[dict]) -> list[str]:
-    keys: dict[str, None] = {}
-    for d in dicts:
-        for k in d:
-            keys.setdefault(k, None)
-    return list(keys)
+    """Every key of ``dicts``, sorted: run.json stores keys sorted, so a report rendered again from
+    it has the columns of the run's own report."""
+    return sorted({k for d in dicts for k in d})
 
 
 def _counts(manifest: dict, items: list[tuple[str, dict]]) -> dict[str, Any]:
@@ -355,8 +353,26 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
-    """The run report as Markdown (GitHub-flavoured tables, images as ``![](relative/path)``)."""
+def _rows_shown(items: list[tuple[str, dict]], max_items: int | None) -> list[tuple[str, dict]]:
+    """All items, or at most ``max_items`` of them: the failed first, then the slowest (in run order)."""
+    if max_items is None or len(items) <= max_items:
+        return items
+
+    def rank(entry: tuple[int, tuple[str, dict]]) -> tuple:
+        seconds = entry[1][1].get("seconds")
+        return (entry[1][1].get("status") != "failed", -(seconds if _is_number(seconds) else 0.0))
+
+    keep = sorted(sorted(enumerate(items), key=rank)[:max_items])
+    return [item for _, item in keep]
+
+
+def render_markdown(manifest: dict, *, base_dir: Path | None = None, max_items: int | None = None) -> str:
+    """The run report as Markdown (GitHub-flavoured tables, images as ``![](relative/path)``).
+
+    The summary comes first (counts, failed items, warnings, metrics), then the item table.
+    ``max_items``: list at most this many items (the failed, then the slowest), e.g. for the
+    Prefect UI's markdown artifact of a 2000-item batch; report.md on disk lists every item.
+    """
     manifest = manifest if isinstance(manifest, dict) else {}
     items = _items(manifest)
     out: list[str] = [f"# {_md(_title(manifest))}", ""]
@@ -384,14 +400,49 @@ def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
 
     summary_keys = _union_keys(_flatten(it.get("summary")) for _, it in items)
     metric_keys = _union_keys(_flatten(it.get("metrics")) for _, it in items)
+    shown = _rows_shown(items, max_items)
+
+    failed = [(iid, it) for iid, it in items if it.get("status") == "failed"]
+    if failed:
+        out += ["## Failed items", ""]
+        for iid, it in failed[:max_items]:
+            out += [f"### {_md(iid)}", "", _md_fence(str(it.get("error") or "(no error message recorded)")), ""]
+        if max_items is not None and len(failed) > max_items:
+            out += [f"... and {len(failed) - max_items} more failed items (report.html, run.json).", ""]
+
+    warned = [(iid, _warnings(it)) for iid, it in items if _warnings(it)]
+    if warned:
+        out += ["## Warnings", ""]
+        for iid, texts in warned[:max_items]:
+            out += [f"### {_md(iid)}", ""] + [f"- {_md(t)}" for t in texts] + [""]
+        if max_items is not None and len(warned) > max_items:
+            out += [f"... and {len(warned) - max_items} more items with warnings (report.html, run.json).", ""]
+
+    stats, names, table, labels_text = _mean_metrics(manifest)
+    if names:
+        out += ["## Metrics", ""]
+        rows = [[_md(n), *(_md(format_metric(table[s].get(n))) for s in stats)] for n in names]
+        out += _md_table(["metric", *stats], rows) + [""]
+    if labels_text:
+        if not names:
+            out += ["## Metrics", ""]
+        out += [_md(labels_text), ""]
+
+    figures = _figures(manifest)
+    if figures:
+        out += ["## Figures", ""]
+        out += [f"![{_md(PurePosixPath(p).stem)}]({_image_url(p, base_dir)})" for p in figures] + [""]
 
     any_warnings = any(_warnings(it) for _, it in items)
     out += ["## Items", ""]
+    if len(shown) < len(items):
+        out += [f"{len(shown)} of {len(items)} items: the failed ones, then the slowest "
+                "(every item: report.html, run.json, `run-flow status`).", ""]
     if items:
         header = ["id", "status", "seconds", *summary_keys, *metric_keys, *(["warnings"] if any_warnings else []),
                   "error"]
         rows = []
-        for iid, it in items:
+        for iid, it in shown:
             s, m = _flatten(it.get("summary")), _flatten(it.get("metrics"))
             status = str(it.get("status", ""))
             err = it.get("error")
@@ -409,40 +460,13 @@ def render_markdown(manifest: dict, *, base_dir: Path | None = None) -> str:
     else:
         out += ["No items.", ""]
 
-    failed = [(iid, it) for iid, it in items if it.get("status") == "failed"]
-    if failed:
-        out += ["## Failed items", ""]
-        for iid, it in failed:
-            out += [f"### {_md(iid)}", "", _md_fence(str(it.get("error") or "(no error message recorded)")), ""]
-
-    warned = [(iid, _warnings(it)) for iid, it in items if _warnings(it)]
-    if warned:
-        out += ["## Warnings", ""]
-        for iid, texts in warned:
-            out += [f"### {_md(iid)}", ""] + [f"- {_md(t)}" for t in texts] + [""]
-
-    with_previews = [(iid, _previews(it)) for iid, it in items]
+    with_previews = [(iid, _previews(it)) for iid, it in shown]
     with_previews = [(iid, p) for iid, p in with_previews if p]
     if with_previews:
         out += ["## Previews", ""]
         for iid, paths in with_previews:
             out += [f"### {_md(iid)}", ""]
             out += [" ".join(f"![{_md(PurePosixPath(p).stem)}]({_image_url(p, base_dir)})" for p in paths), ""]
-
-    stats, names, table, labels_text = _mean_metrics(manifest)
-    if names:
-        out += ["## Metrics", ""]
-        rows = [[_md(n), *(_md(format_metric(table[s].get(n))) for s in stats)] for n in names]
-        out += _md_table(["metric", *stats], rows) + [""]
-    if labels_text:
-        if not names:
-            out += ["## Metrics", ""]
-        out += [_md(labels_text), ""]
-
-    figures = _figures(manifest)
-    if figures:
-        out += ["## Figures", ""]
-        out += [f"![{_md(PurePosixPath(p).stem)}]({_image_url(p, base_dir)})" for p in figures] + [""]
 
     out += ["## Run details", ""]
     cfg = _config_text(manifest)

@@ -204,3 +204,24 @@ def test_write_report_atomic(tmp_path):
     assert 'src="evil/preview_axial.png"' in html
     assert not re.search(r"<img [^>]*width=", html)  # previews at their own pixel size
     assert 'src="training_curve.png"' in html
+
+
+def test_markdown_of_a_big_batch_puts_the_summary_first_and_can_list_only_the_failed_and_slowest():
+    items = {f"case{i:04d}": {"status": "done", "seconds": 1.0 + (i % 7) / 10, "summary": {"b": i, "a": 1}}
+             for i in range(2000)}
+    items["case0500"] = {"status": "failed", "seconds": 0.1, "error": "case0500: not a NIfTI image"}
+    items["case1999"]["seconds"] = 99.0
+    m = {"pipeline": "segment", "command": "run", "items": items}
+    full, capped = render_markdown(m), render_markdown(m, max_items=50)
+
+    def rows(md: str) -> list[str]:
+        return [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| case")]
+
+    assert len(rows(full)) == 2000
+    assert full.index("## Failed items") < full.index("## Items")  # the summary before the long table
+    assert "| id | status | seconds | a | b | error |" in full  # columns sorted, as run.json stores them
+    listed = rows(capped)
+    assert len(listed) == 50 and listed == sorted(listed)  # in run order
+    assert {"case0500", "case1999"} <= set(listed)  # the failed one and the slowest
+    assert all(items[i]["seconds"] >= 1.6 for i in listed if i not in ("case0500", "case1999"))
+    assert "50 of 2000 items: the failed ones, then the slowest" in capped
