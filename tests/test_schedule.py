@@ -10,21 +10,12 @@ import uuid
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
+from helpers_cli import pngs
 from prefect_server import BIN, free_port, prefect_server, server_env, stop_group
 
 pytestmark = pytest.mark.slow
-
-
-def _images(folder: Path, n: int = 2) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
 
 
 def _completed_runs(url: str, deployment: str) -> list[dict]:
@@ -36,7 +27,7 @@ def _completed_runs(url: str, deployment: str) -> list[dict]:
 
 
 def test_the_servers_scheduler_creates_and_completes_a_run(tmp_path):
-    images = _images(tmp_path / "in")
+    images = pngs(tmp_path / "in", 2, shape=(40, 48), stem="img")
     out = tmp_path / "out"
     with prefect_server(tmp_path / "server") as url:
         serve = subprocess.Popen(

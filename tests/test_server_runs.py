@@ -19,10 +19,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from helpers_cli import pngs
 from prefect_server import BIN, prefect_server, server_env, stop_group
 
 pytestmark = pytest.mark.slow
@@ -46,14 +46,6 @@ def prefect_harness(server):
         yield
 
 
-def _images(folder: Path, n: int = 2) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
-
-
 def _cases(folder: Path) -> Path:
     from sample_data import brats
 
@@ -66,7 +58,7 @@ def served(server, tmp_path_factory, tiny_weights):
     """Both serve processes, started together; ended (process groups) whatever happens."""
     root = tmp_path_factory.mktemp("served")
     setups = {
-        "restore": (_images(root / "restore-in"), ["--task", "denoise", "--tile", "256"]),
+        "restore": (pngs(root / "restore-in", 2, shape=(40, 48), stem="img"), ["--task", "denoise", "--tile", "256"]),
         "segment": (_cases(root / "segment-in"), ["--weights", str(tiny_weights), "--device", "cpu"]),
     }
     procs, info, logs = {}, {}, []
@@ -140,7 +132,7 @@ def first_runs(served, tmp_path_factory):
     """The first run of each served deployment, a restore run whose input folder is gone and one
     with a broken image, triggered together (the served runners run them at once) and waited for."""
     root = tmp_path_factory.mktemp("other-runs")
-    gone, mixed = root / "gone", _images(root / "mixed", n=1)
+    gone, mixed = root / "gone", pngs(root / "mixed", 1, shape=(40, 48), stem="img")
     (mixed / "broken.png").write_bytes(b"not a png")
     restore = served["restore"]["deployment"]
     runs = {"restore": _start(restore), "segment": _start(served["segment"]["deployment"]),
@@ -307,7 +299,7 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_a_deployment(server, tmp
     # no pull step in the file: the worker runs in the folder `prefect deploy` ran in
     assert restore.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
-    images, out = _images(tmp_path / "in"), tmp_path / "out"
+    images, out = pngs(tmp_path / "in", 2, shape=(40, 48), stem="img"), tmp_path / "out"
     run = run_deployment("imagingflows-restore/restore", timeout=0,
                          parameters={"input_dir": str(images), "output_dir": str(out),
                                      "options": {"task": "denoise", "tile": 256}})
