@@ -4,6 +4,7 @@
     python benchmarks/engines.py --models nafnet jdd --size 1024
     python benchmarks/engines.py --quick            # smoke run: small inputs, one repeat
     python benchmarks/engines.py --profile          # also the top operators of NAFNet eager / compile fp32
+    python benchmarks/engines.py --emulate-avx2     # an AVX2-only host, approximately, on a newer CPU
 
 Models (each through :func:`imagingflows.models.engines.engine_module`, the path the pipelines' ``--engine``
 takes), on the input one call of the pipeline feeds it:
@@ -55,6 +56,8 @@ MODELS = ("nafnet", "hat", "jdd", "demosaicnet", "scale_mae", "swin_unetr")
 SCALE_MAE_PUBLISHED = {"img_size": 224, "patch_size": 16, "in_chans": 3, "embed_dim": 1024, "depth": 24,
                        "num_heads": 16, "mlp_ratio": 4.0, "qkv_bias": True, "norm_eps": 1e-6}
 ENGINES = ("eager", "channels-last", "compile", "openvino")
+#: what --emulate-avx2 sets: ATen's kernels, oneDNN's JIT and inductor's generated code stop at AVX2
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "IMAGINGFLOWS_NATIVE_BF16": "0"}
 
 
 # ----------------------------------------------------------------------------- one row (subprocess)
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small inputs, one repeat (smoke run)")
     p.add_argument("--profile", action="store_true", help="top operators of NAFNet eager and compile, fp32")
     p.add_argument("--no-auto", action="store_true", help="skip what --engine auto picks per model")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="cap torch, oneDNN and inductor at AVX2 and say bf16 is not native (an AVX2-only host, "
+                        "approximately; openvino rows are left out: its CPU plugin cannot be capped)")
     p.add_argument("--row", nargs=3, metavar=("MODEL", "ENGINE", "PRECISION"), help=argparse.SUPPRESS)
     p.add_argument("--auto-row", choices=MODELS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -228,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_row(*a.row, a.size, a.tiles, a.repeat, a.out, a.first_only, a.with_profile)))
         return 0
 
+    if a.emulate_avx2:  # before torch loads here; the rows' subprocesses inherit it
+        os.environ.update(AVX2_CAPS)
+        a.engines = [e for e in a.engines if e != "openvino"]
     import torch
 
     from host import host_line

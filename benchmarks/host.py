@@ -20,4 +20,11 @@ def host_line() -> str:
                                    ("amx_bf16", "AMX-BF16"), ("amx_tile", "AMX-TILE")) if flag in flags]
     return (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
             f"CPU flags {'/'.join(isa) or 'none of AVX2/AVX512/AMX'}, native bf16: {native_bf16(torch.device('cpu'))}, "
-            f"cores available {len(os.sched_getaffinity(0))} (of {os.cpu_count()})")
+            f"cores available {len(os.sched_getaffinity(0))} (of {os.cpu_count()})" + _caps())
+
+
+def _caps() -> str:
+    """The ISA caps in force (``--emulate-avx2`` or the user's), which the flags above do not show."""
+    caps = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+            if os.environ.get(k)]
+    return f"; capped: {', '.join(caps)}" if caps else ""

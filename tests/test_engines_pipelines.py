@@ -21,7 +21,7 @@ from PIL import Image
 from skimage import data
 
 from imagingflows.flows import run_pipeline
-from imagingflows.models import engines, scale_mae
+from imagingflows.models import scale_mae
 from imagingflows.models.cfa import mosaic as make_mosaic
 from imagingflows.models.demosaic_methods import engine_target, get_method
 from imagingflows.models.engines import CXX_ENV, choose
@@ -30,12 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENCODER = ROOT / "tests" / "data" / "parity_scalemae" / "scalemae-tiny.pth"  # embed 64, patch 16, 3 bands
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
-    engines.clear_engines()
-    yield
-    engines.clear_engines()
+pytestmark = pytest.mark.usefixtures("engine_cache")  # a private engine cache per test (conftest)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -39,6 +39,14 @@ def slow_pipeline(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
 
 
+@pytest.fixture
+def state(tmp_path) -> Path:
+    """The plug-in's folder for attempt counters and wake-up marks."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    return folder
+
+
 def _inputs(folder: Path, texts: dict[str, str]) -> Path:
     folder.mkdir(parents=True)
     for name, text in texts.items():
@@ -51,9 +59,7 @@ def _left_of(out: Path, item: str) -> list[str]:
     return sorted(p.name for p in out.rglob("*") if p.name.startswith((item, ".tmp-")))
 
 
-def test_process_runner_kills_the_overrunning_worker_and_goes_on(slow_pipeline, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
+def test_process_runner_kills_the_overrunning_worker_and_goes_on(slow_pipeline, state, tmp_path):
     inp = _inputs(tmp_path / "in", {"a.txt": "one", "b.txt": "sleep 120", "c.txt": "three", "d.txt": "four"})
     out = tmp_path / "out"
     result = run_pipeline("slow", inp, out, runner="process", workers=1, item_timeout=3, state=str(state))
@@ -71,9 +77,7 @@ def test_process_runner_kills_the_overrunning_worker_and_goes_on(slow_pipeline, 
     assert pids["a.txt"] != pids["c.txt"] == pids["d.txt"], pids  # one worker, replaced after b.txt
 
 
-def test_thread_runner_reports_the_item_at_its_deadline_and_discards_its_late_result(slow_pipeline, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
+def test_thread_runner_reports_the_item_at_its_deadline_and_discards_its_late_result(slow_pipeline, state, tmp_path):
     inp = _inputs(tmp_path / "in", {"a.txt": "one", "b.txt": "sleep 6", "c.txt": "three", "d.txt": "four"})
     out = tmp_path / "out"
     result = run_pipeline("slow", inp, out, runner="thread", workers=1, item_timeout=2, state=str(state))
@@ -89,9 +93,7 @@ def test_thread_runner_reports_the_item_at_its_deadline_and_discards_its_late_re
     assert [(out / k).read_text() for k in ("a.txt", "c.txt", "d.txt")] == ["ONE", "THREE", "FOUR"]
 
 
-def test_transient_read_errors_are_retried_with_backoff_then_fail_the_item(slow_pipeline, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
+def test_transient_read_errors_are_retried_with_backoff_then_fail_the_item(slow_pipeline, state, tmp_path):
     inp = _inputs(tmp_path / "in", {"flaky.txt": "eio 2", "dead.txt": "eio 9", "fine.txt": "fine"})
     out = tmp_path / "out"
     result = run_pipeline("slow", inp, out, workers=2, state=str(state))
@@ -145,9 +147,7 @@ def _cli(*args) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_the_cli_flag_fails_the_overrunning_item_and_exits_1(slow_pipeline, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
+def test_the_cli_flag_fails_the_overrunning_item_and_exits_1(slow_pipeline, state, tmp_path):
     inp = _inputs(tmp_path / "in", {"a.txt": "one", "b.txt": "sleep 4", "c.txt": "three"})
     out = tmp_path / "out"
     code, said = _cli("slow", "--input", inp, "--output", out, "--item-timeout", "1.5", "--state", state, "--quiet")
