@@ -1,4 +1,5 @@
-"""``run.json``: the run manifest, rewritten atomically after every item.
+"""``run.json``: the run manifest, rewritten atomically as items land (the run flow saves at most
+once a second when they land faster: flows/run.py's ``_BatchManifest``).
 
 It holds versions, device, config (and its hash), the model and weights hash,
 and per-item status, hashes, outputs, timings and errors. A killed run leaves a
