@@ -45,6 +45,9 @@ CHUNK = 64  # items in flight at once: keeps Prefect's per-run state and memory 
 #: run.json and the progress artifact are refreshed at most this often (s) when items land faster:
 #: rewriting a 2000-item run.json takes ~0.1 s and each artifact update is a server round trip
 REFRESH_S = 1.0
+#: an item's own progress (tiles, windows) reaches the Prefect artifact at most this often (s): each
+#: update is a server round trip whose CPU competes with the item's torch threads
+ITEM_PROGRESS_S = 5.0
 
 
 @dataclass
@@ -242,14 +245,14 @@ class _ItemProgress:
     def __init__(self, item_id: str, artifact: str | None, position: list[int] | None) -> None:
         self.item_id, self.artifact = item_id, artifact
         self.before, self.total = (position or [0, 1])
-        self.last = time.monotonic()  # an item shorter than REFRESH_S leaves the artifact to the flow
+        self.last = time.monotonic()  # an item shorter than ITEM_PROGRESS_S leaves the artifact to the flow
 
     def __call__(self, unit: str, done: int, total: int) -> None:
         callback = _item_callback()
         if callback is not None:
             callback(self.item_id, unit, done, total)
         now_ = time.monotonic()
-        if self.artifact is None or now_ - self.last < REFRESH_S:
+        if self.artifact is None or now_ - self.last < ITEM_PROGRESS_S:
             return
         self.last = now_
         from prefect.artifacts import update_progress_artifact
