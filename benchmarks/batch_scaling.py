@@ -101,11 +101,6 @@ def tiny_weights(path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- one batch (child)
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(args) -> None:
     """One batch, flow or loop, in this fresh process; prints one JSON line of figures."""
     cores = sorted(os.sched_getaffinity(0))
@@ -132,7 +127,7 @@ def child(args) -> None:
 
     def landed(item_id: str, status: str) -> None:
         landed_t.append(time.perf_counter())
-        landed_rss.append(rss())
+        landed_rss.append(PeakRSS.current())
         statuses[status] = statuses.get(status, 0) + 1
 
     server_start = 0.0
@@ -166,7 +161,7 @@ def child(args) -> None:
     print(json.dumps({
         "mode": args.child, "items": n, "threads": torch.get_num_threads(), "wall": wall,
         "first": landed_t[0] - t0, "last": landed_t[-1] - t0, "start_rss": mem.start, "peak": mem.peak,
-        "end_rss": rss(), "rss_at": at, "server_rss": server, "statuses": statuses, "server_start": server_start,
+        "end_rss": PeakRSS.current(), "rss_at": at, "server_rss": server, "statuses": statuses, "server_start": server_start,
     }))
 
 

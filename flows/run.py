@@ -626,8 +626,7 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
     """
     from imagingflows.models.backend import configure_threads, select_device
 
-    if item_timeout is not None and not item_timeout > 0:
-        raise UsageError(f"--item-timeout must be a positive number of seconds (got {item_timeout!r})")
+    task_runner = make_task_runner(runner, workers, item_timeout)  # a bad value: refused before any lock or file
     with OutputLock(plan.output_dir):
         start_local_server()
         remove_stale_temps(plan.output_dir)
@@ -643,7 +642,7 @@ def execute(plan: RunPlan, *, resume: bool = False, runner: str = "thread", work
         # thread) and the thread runner's tasks (Prefect copies the context) see; other runners don't
         token = _CALLBACKS.set((progress, item_progress))
         try:
-            flow_fn = run_flow.with_options(task_runner=make_task_runner(runner, workers, item_timeout))
+            flow_fn = run_flow.with_options(task_runner=task_runner)
             in_flight = CHUNK if runner.startswith("dask=") else workers  # a remote cluster sizes itself
             return flow_fn(plan.pipeline, str(plan.input_dir), str(plan.output_dir), config,
                            [i.to_dict() for i in plan.items], [list(e) for e in plan.errors], resume, in_flight)

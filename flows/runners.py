@@ -95,8 +95,12 @@ ABANDONED_THREADS_PER_WORKER = 2
 
 
 def make_task_runner(runner: str = "thread", workers: int = 1, item_timeout: float | None = None):
+    """The Prefect task runner for ``--runner`` / ``--workers`` / ``--item-timeout``; a bad value is a
+    :class:`UsageError`. Cheap: no worker starts until the runner is entered and sent a task."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    if item_timeout is not None and not item_timeout > 0:
+        raise UsageError(f"--item-timeout must be a positive number of seconds (got {item_timeout!r})")
     kind, _, address = runner.partition("=")
     if item_timeout is not None and kind == "dask":
         raise UsageError("--item-timeout is not available with --runner dask: a Dask task cannot be ended from "
